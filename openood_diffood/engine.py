@@ -1,0 +1,230 @@
+"""The DiffOOD engine: classify, noise, denoise conditioned on the prediction, re-classify, score the change."""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any, Hashable, Iterator, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .classifier import Classifier, as_classifier
+from .diffusion import DiffusionBackend, load_diffusion
+from .noise import content_keys, sample_noise
+from .scoring import feature_change
+from .settings import DiffOODSettings
+from .solvers import add_noise, get_solver
+
+
+@dataclass
+class DiffOODOutput:
+    """Per-image results: ``score`` (higher = more OOD) and the classifier's prediction ``pred`` on the input."""
+
+    score: torch.Tensor
+    pred: torch.Tensor
+
+
+class DiffOOD:
+    """Scores images by how much a class-conditional diffusion round trip changes the classifier's view of them.
+
+    Args:
+        classifier: an OpenOOD net or any ``nn.Module`` classifier (see :class:`~openood_diffood.Classifier`).
+        diffusion: a :class:`DiffusionBackend` or a diffusers directory / hub id (``unet/`` + ``scheduler/``).
+        settings: a :class:`DiffOODSettings`; keyword arguments override its fields
+            (``DiffOOD(net, "model_dir", timestep=200)``).
+        batch_size: images per network micro-batch; each expands to ``repeats x 2`` network samples.
+        device: where to run (default: the classifier's device).
+    """
+
+    def __init__(self, classifier: nn.Module, diffusion: Union[DiffusionBackend, str, os.PathLike],
+                 settings: Optional[DiffOODSettings] = None, *, batch_size: int = 64,
+                 device: Optional[Union[str, torch.device]] = None, **overrides: Any) -> None:
+        self.settings = (settings or DiffOODSettings()).replace(**overrides) if overrides else (settings or DiffOODSettings())
+        self.classifier: Classifier = as_classifier(classifier).eval()
+        self.diffusion = diffusion if isinstance(diffusion, DiffusionBackend) else load_diffusion(diffusion)
+        self.diffusion.eval()
+        if device is None:
+            device = next(iter(self.classifier.parameters()), torch.empty(0)).device
+        self.device = torch.device(device)
+        self.classifier.to(self.device)
+        self.diffusion.to(self.device)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self._check_compatible(self.settings)
+
+    # ------------------------------------------------------------------ checks
+    def _check_compatible(self, s: DiffOODSettings) -> None:
+        d = self.diffusion
+        if s.timestep >= d.num_train_timesteps:
+            raise ValueError(f"timestep {s.timestep} is outside the diffusion model's schedule "
+                             f"(0 .. {d.num_train_timesteps - 1})")
+        get_solver(s.solver)
+        self._class_map = None
+        if d.conditional and s.class_map is not None:
+            cmap = torch.as_tensor(list(s.class_map), dtype=torch.long)
+            if cmap.numel() != self.classifier.num_classes:
+                raise ValueError(f"class_map has {cmap.numel()} entries but the classifier has "
+                                 f"{self.classifier.num_classes} classes: give one diffusion class id per classifier class")
+            if cmap.min() < 0 or cmap.max() >= d.num_classes:
+                raise ValueError(f"class_map ids must lie in 0 .. {d.num_classes - 1} (the diffusion model's classes)")
+            self._class_map = cmap.to(self.device)
+        elif d.conditional and self.classifier.num_classes != d.num_classes:
+            raise ValueError(
+                f"the classifier has {self.classifier.num_classes} classes but the diffusion model is conditioned on "
+                f"{d.num_classes} (+1 null class): train the diffusion model on the classifier's ID classes "
+                "(`python -m openood_diffood train`), pass the matching classifier, or give class_map "
+                "(classifier class i -> diffusion class class_map[i])")
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4:
+            raise ValueError(f"expected a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError("empty batch: there are no images to score")
+        if not torch.isfinite(x).all():
+            bad = (~torch.isfinite(x.flatten(1))).any(1).nonzero().flatten().tolist()
+            raise ValueError(f"input contains NaN or inf values (images {bad[:10]}); clean the data first")
+        size = self.diffusion.sample_size
+        if tuple(x.shape[-2:]) != (size, size) and not self.settings.resize:
+            raise ValueError(
+                f"images are {x.shape[-2]}x{x.shape[-1]} but the diffusion model works at {size}x{size}: "
+                f"resize the inputs to {size}x{size} or set resize=True (bilinear into the model's size and back)")
+        x01 = self.unnormalize(x)
+        if x01.min() < -0.5 or x01.max() > 1.5:
+            raise ValueError(
+                f"after undoing the normalization (mean={self.settings.mean}, std={self.settings.std}) the images span "
+                f"[{x01.min():.2f}, {x01.max():.2f}], far outside [0, 1]: pass images normalized with the ID dataset's "
+                "mean/std (as OpenOOD does), or set dataset=/mean=/std= to match your preprocessing")
+
+    # ------------------------------------------------------------------ normalization
+    def _stats(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.tensor(self.settings.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.settings.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        return mean, std
+
+    def unnormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Classifier input (normalized) -> image in [0, 1]."""
+        mean, std = self._stats(x)
+        return x * std + mean
+
+    def normalize(self, x01: torch.Tensor) -> torch.Tensor:
+        """Image in [0, 1] -> classifier input (normalized)."""
+        mean, std = self._stats(x01)
+        return (x01 - mean) / std
+
+    # ------------------------------------------------------------------ public API
+    @torch.no_grad()
+    def score(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
+              keys: Optional[Sequence[Hashable]] = None) -> DiffOODOutput:
+        """Score a batch of normalized images (any size; micro-batched internally).
+
+        ``labels`` replaces the classifier's pseudo-labels for conditioning; ``keys`` identify the images for
+        their noise (default: their content).
+        """
+        scores, preds = [], []
+        for xb, yb, kb in self._micro_batches(x, labels, keys):
+            s, p, _ = self._score_batch(xb, yb, kb, keep_reconstructions=False)
+            scores.append(s)
+            preds.append(p)
+        return DiffOODOutput(torch.cat(scores).cpu(), torch.cat(preds).cpu())
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                    keys: Optional[Sequence[Hashable]] = None) -> Tuple[torch.Tensor, DiffOODOutput]:
+        """Reconstructions in [0, 1] of shape (N, repeats, C, H, W), with the scores, for inspection."""
+        recs, scores, preds = [], [], []
+        for xb, yb, kb in self._micro_batches(x, labels, keys):
+            s, p, r = self._score_batch(xb, yb, kb, keep_reconstructions=True)
+            recs.append(r.cpu())
+            scores.append(s)
+            preds.append(p)
+        return torch.cat(recs), DiffOODOutput(torch.cat(scores).cpu(), torch.cat(preds).cpu())
+
+    # ------------------------------------------------------------------ internals
+    def _micro_batches(self, x: torch.Tensor, labels: Optional[torch.Tensor],
+                       keys: Optional[Sequence[Hashable]]) -> Iterator[tuple]:
+        x = torch.as_tensor(x).float()
+        self._check_input(x)
+        n = x.shape[0]
+        if labels is not None:
+            labels = torch.as_tensor(labels).long().flatten()
+            if labels.shape[0] != n:
+                raise ValueError(f"{labels.shape[0]} labels for {n} images")
+            if labels.min() < 0 or labels.max() >= self.classifier.num_classes:
+                raise ValueError(f"labels must lie in 0 .. {self.classifier.num_classes - 1} (the classifier's "
+                                 f"classes), got {labels.min().item()} .. {labels.max().item()}")
+        if keys is None:
+            keys = content_keys(self.unnormalize(x))
+        elif len(keys) != n:
+            raise ValueError(f"{len(keys)} keys for {n} images")
+        for i in range(0, n, self.batch_size):
+            j = min(i + self.batch_size, n)
+            yield x[i:j], None if labels is None else labels[i:j], list(keys[i:j])
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        p = self.settings.precision
+        if p == "auto":
+            p = "bf16" if self.device.type == "cuda" else "fp32"
+        if p == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+
+    def _to_model_size(self, x: torch.Tensor) -> torch.Tensor:
+        size = self.diffusion.sample_size
+        if tuple(x.shape[-2:]) == (size, size):
+            return x
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+    def _from_model_size(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == hw:
+            return x
+        return F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True)
+
+    def _features(self, x_norm: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.settings.space == "image":
+            return self.classifier(x_norm), self.unnormalize(x_norm).flatten(1)
+        return self.classifier.logits_and_features(x_norm, self.settings)
+
+    def _score_batch(self, x: torch.Tensor, labels: Optional[torch.Tensor], keys: Sequence[Hashable],
+                     keep_reconstructions: bool) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        s, d = self.settings, self.diffusion
+        x = x.to(self.device, non_blocking=True)
+        n, r = x.shape[0], s.repeats
+        logits, feat = self._features(x)
+        pred = logits.argmax(1)
+        cond = pred if labels is None else labels.to(self.device)
+
+        if s.timestep == 0:  # no noise, no steps: the reconstruction is the input itself
+            rec_feat = feat.unsqueeze(1).expand(n, r, *feat.shape[1:])
+            recs = self.unnormalize(x).unsqueeze(1).expand(n, r, *x.shape[1:]) if keep_reconstructions else None
+            return feature_change(feat, rec_feat), pred, recs
+        rec01 = self._round_trip(x, self._diffusion_labels(cond), keys)
+        _, rec_feat = self._features(self.normalize(rec01))
+        score = feature_change(feat, rec_feat.view(n, r, -1))
+        recs = rec01.view(n, r, *rec01.shape[1:]) if keep_reconstructions else None
+        return score, pred, recs
+
+    def _diffusion_labels(self, cond: torch.Tensor) -> Optional[torch.Tensor]:
+        """Classifier classes -> the diffusion model's class ids (through ``class_map`` when given)."""
+        if not self.diffusion.conditional:
+            return None
+        if self._class_map is not None:
+            return self._class_map[cond]
+        return cond
+
+    def _round_trip(self, x: torch.Tensor, cond: Optional[torch.Tensor], keys: Sequence[Hashable]) -> torch.Tensor:
+        """Noise each image R times to t and denoise back; returns (N * R, C, H, W) reconstructions in [0, 1]."""
+        s, d = self.settings, self.diffusion
+        n, r, hw = x.shape[0], s.repeats, tuple(x.shape[-2:])
+        with self._autocast():
+            z0 = d.encode(self._to_model_size(self.unnormalize(x) * 2 - 1)).float()
+        eps = sample_noise(keys, s.seed, r, tuple(z0.shape[1:]), self.device)
+        z0 = z0.unsqueeze(1).expand(n, r, *z0.shape[1:]).reshape(n * r, *z0.shape[1:])
+        zt = add_noise(z0, eps.reshape_as(z0), d.alphas_cumprod, s.timestep)
+        cond = None if cond is None else cond.repeat_interleave(r)
+        with self._autocast():
+            zt = get_solver(s.solver)(d, zt, s.timestep, s.stride, cond, s.guidance)
+            rec = d.decode(zt).float()
+        return (self._from_model_size(rec, hw).clamp(-1, 1) + 1) / 2
