@@ -35,7 +35,7 @@ setup(
         "diffusers>=0.30",
         "safetensors>=0.4",
         "accelerate>=0.30",
-        "pytorch-ood>=0.2",
+        "pytorch-ood>=0.4",
         "numpy>=1.24",
         "scikit-learn>=1.3",
         "scikit-image>=0.21",

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -61,16 +61,23 @@ class DiffusionBackend(nn.Module):
         return eps_null + guidance * (eps_y - eps_null)
 
 
+def resolve_null_class(num_embeds: int, null_class: Optional[int]) -> Tuple[int, int]:
+    """(number of real classes, null class) for a label table of ``num_embeds`` rows whose last row is the
+    null class unless ``null_class`` names another one."""
+    num_classes = num_embeds - 1
+    null_class = num_classes if null_class is None else int(null_class)
+    if not 0 <= null_class < num_embeds:
+        raise ValueError(f"null class {null_class} outside the model's {num_embeds} class embeddings")
+    return num_classes, null_class
+
+
 class PixelUNetBackend(DiffusionBackend):
-    """A diffusers ``UNet2DModel`` denoising images directly (class-conditional through ``num_class_embeds``)."""
+    """A diffusers ``UNet2DModel`` denoising its input space (class-conditional through ``num_class_embeds``):
+    images, or latents when a :class:`~openood_diffood.latent.LatentBackend` wraps it."""
 
     def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor, null_class: Optional[int] = None) -> None:
         embeds = unet.config.num_class_embeds
-        num_classes = None if embeds is None else embeds - 1
-        if embeds is not None:
-            null_class = num_classes if null_class is None else int(null_class)
-            if not 0 <= null_class < embeds:
-                raise ValueError(f"null class {null_class} outside the model's {embeds} class embeddings")
+        num_classes, null_class = (None, None) if embeds is None else resolve_null_class(embeds, null_class)
         super().__init__(alphas_cumprod, num_classes, null_class, unet.config.sample_size)
         self.unet = unet.eval().requires_grad_(False)
 
@@ -89,18 +96,23 @@ def alphas_cumprod_from_scheduler(scheduler_dir_or_id: str, **hub_kwargs) -> tor
     return scheduler.alphas_cumprod.double()
 
 
-def _check_model_dir(path: str) -> None:
+def _check_model_dir(path: str, latent: bool = False) -> None:
+    """Name the files a local model directory lacks (pixel layout, or the latent one when ``latent``)."""
     if not os.path.isdir(path):
         return  # a hub id: diffusers resolves it (and reports a missing repo itself)
-    missing = [p for p in ("scheduler/scheduler_config.json",) if not os.path.isfile(os.path.join(path, p))]
-    denoisers = [d for d in ("unet", "transformer") if os.path.isfile(os.path.join(path, d, "config.json"))]
-    if not denoisers:
-        missing.append("unet/config.json (or transformer/config.json)")
+    required = ["scheduler/scheduler_config.json"] + (["vae/config.json"] if latent else [])
+    missing = [p for p in required if not os.path.isfile(os.path.join(path, p))]
+    denoisers = ("transformer", "unet") if latent else ("unet",)
+    if not any(os.path.isfile(os.path.join(path, d, "config.json")) for d in denoisers):
+        missing.append(" or ".join(f"{d}/config.json" for d in denoisers))
     if missing:
-        raise FileNotFoundError(
-            f"incomplete diffusion model directory {path!r}: missing {', '.join(missing)}. A model directory "
-            "holds unet/ (UNet2DModel) and scheduler/ as written by `python -m openood_diffood train` or "
-            "diffusers' save_pretrained.")
+        layout = ("A latent model directory holds transformer/ (DiTTransformer2DModel) or unet/ (UNet2DModel), "
+                  "vae/ (AutoencoderKL) and scheduler/, as DiTPipeline.save_pretrained writes them (e.g. a local "
+                  "copy of facebook/DiT-XL-2-256)." if latent else
+                  "A model directory holds unet/ (UNet2DModel) and scheduler/ as written by "
+                  "`python -m openood_diffood train` or diffusers' save_pretrained.")
+        raise FileNotFoundError(f"incomplete diffusion model directory {path!r}: missing {', '.join(missing)}. "
+                                + layout)
 
 
 def load_diffusion(path: Union[str, os.PathLike], null_class: Optional[int] = None,
@@ -108,12 +120,17 @@ def load_diffusion(path: Union[str, os.PathLike], null_class: Optional[int] = No
     """Load a diffusion backend from a diffusers directory or hub id.
 
     ``unet/`` holds a ``UNet2DModel``; ``null_class`` defaults to the last class embedding
-    (``num_class_embeds - 1``, so the real classes are ``0 .. num_class_embeds - 2``).
+    (``num_class_embeds - 1``, so the real classes are ``0 .. num_class_embeds - 2``). A directory with a
+    ``vae/`` or a ``transformer/`` (a DiT or latent UNet) loads through :func:`openood_diffood.latent.load_latent`.
     """
     path = os.fspath(path)
     if not os.path.exists(path) and (path.startswith(("/", ".", "~")) or path.count("/") != 1):
         raise FileNotFoundError(f"diffusion model directory {path!r} does not exist; pass a directory written by "
                                 "`python -m openood_diffood train` (unet/ + scheduler/) or a hub id")
+    from . import latent
+
+    if latent.is_latent_layout(path, **hub_kwargs):
+        return latent.load_latent(path, null_class=null_class, torch_dtype=torch_dtype, **hub_kwargs)
     _check_model_dir(path)
     from diffusers import UNet2DModel
 

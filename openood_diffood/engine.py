@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass
-from typing import Any, Hashable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Hashable, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,16 @@ from .diffusion import DiffusionBackend, load_diffusion
 from .noise import content_keys, sample_noise
 from .scoring import feature_change
 from .settings import DiffOODSettings
-from .solvers import add_noise, get_solver
+from .solvers import add_noise, cpu_schedule, denoise, get_solver
+
+#: ``batch_size="auto"`` on a CPU: images for this many network samples (repeats x guidance pair) per call and
+#: thread. CPU throughput per sample falls with larger calls once activations leave the caches (measured on
+#: 0.3-14.5 M parameter UNets: 32-64 samples per thread were fastest, 512 up to 1.8x slower).
+AUTO_CPU_SAMPLES_PER_THREAD = 32
+#: ``batch_size="auto"`` on a GPU: the largest power of two of images whose measured memory fits this share of
+#: the free memory, at most AUTO_MAX_BATCH (a power of two keeps the size, and so the score cache's units, stable).
+AUTO_MEMORY_FRACTION = 0.8
+AUTO_MAX_BATCH = 1024
 
 
 @dataclass
@@ -35,13 +45,21 @@ class DiffOOD:
         settings: a :class:`DiffOODSettings`; keyword arguments override its fields
             (``DiffOOD(net, "model_dir", timestep=200)``).
         batch_size: images per network micro-batch; each expands to ``repeats x 2`` network samples.
+            ``"auto"``: sized to the free GPU memory on the first call (on a CPU: AUTO_CPU_SAMPLES_PER_THREAD).
         device: where to run (default: the classifier's device).
+        compile: ``torch.compile`` the denoiser network (True: inductor; or a torch.compile backend name or
+            callable). Shapes are kept static: the last micro-batch is padded to ``batch_size`` (by repeating its
+            last image; the padding's results are dropped), so the network compiles once.
+        channels_last: store the denoiser's weights channels-last (faster convolutions on some hardware; see
+            ``benchmarks/speed.py``).
     """
 
     def __init__(self, classifier: nn.Module, diffusion: Union[DiffusionBackend, str, os.PathLike],
-                 settings: Optional[DiffOODSettings] = None, *, batch_size: int = 64,
-                 device: Optional[Union[str, torch.device]] = None, **overrides: Any) -> None:
-        self.settings = (settings or DiffOODSettings()).replace(**overrides) if overrides else (settings or DiffOODSettings())
+                 settings: Optional[DiffOODSettings] = None, *, batch_size: Union[int, str] = 64,
+                 device: Optional[Union[str, torch.device]] = None, compile: Union[bool, str, Callable] = False,
+                 channels_last: bool = False, **overrides: Any) -> None:
+        settings = settings or DiffOODSettings()
+        self.settings = settings.replace(**overrides) if overrides else settings
         self.classifier: Classifier = as_classifier(classifier).eval()
         self.diffusion = diffusion if isinstance(diffusion, DiffusionBackend) else load_diffusion(diffusion)
         self.diffusion.eval()
@@ -50,9 +68,13 @@ class DiffOOD:
         self.device = torch.device(device)
         self.classifier.to(self.device)
         self.diffusion.to(self.device)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = int(batch_size)
+        if batch_size != "auto" and (isinstance(batch_size, str) or int(batch_size) < 1):
+            raise ValueError(f"batch_size must be an integer >= 1 or 'auto', got {batch_size!r}")
+        self.batch_size: Union[int, str] = batch_size if batch_size == "auto" else int(batch_size)
+        if channels_last:
+            self.diffusion.to(memory_format=torch.channels_last)
+        self.compile = compile
+        self._compiled = False
         self._check_compatible(self.settings)
 
     # ------------------------------------------------------------------ checks
@@ -124,10 +146,10 @@ class DiffOOD:
         their noise (default: their content).
         """
         scores, preds = [], []
-        for xb, yb, kb in self._micro_batches(x, labels, keys):
+        for xb, yb, kb, m in self._micro_batches(x, labels, keys):
             s, p, _ = self._score_batch(xb, yb, kb, keep_reconstructions=False)
-            scores.append(s)
-            preds.append(p)
+            scores.append(s[:m])
+            preds.append(p[:m])
         return DiffOODOutput(torch.cat(scores).cpu(), torch.cat(preds).cpu())
 
     @torch.no_grad()
@@ -135,16 +157,17 @@ class DiffOOD:
                     keys: Optional[Sequence[Hashable]] = None) -> Tuple[torch.Tensor, DiffOODOutput]:
         """Reconstructions in [0, 1] of shape (N, repeats, C, H, W), with the scores, for inspection."""
         recs, scores, preds = [], [], []
-        for xb, yb, kb in self._micro_batches(x, labels, keys):
+        for xb, yb, kb, m in self._micro_batches(x, labels, keys):
             s, p, r = self._score_batch(xb, yb, kb, keep_reconstructions=True)
-            recs.append(r.cpu())
-            scores.append(s)
-            preds.append(p)
+            recs.append(r[:m].cpu())
+            scores.append(s[:m])
+            preds.append(p[:m])
         return torch.cat(recs), DiffOODOutput(torch.cat(scores).cpu(), torch.cat(preds).cpu())
 
     # ------------------------------------------------------------------ internals
     def _micro_batches(self, x: torch.Tensor, labels: Optional[torch.Tensor],
                        keys: Optional[Sequence[Hashable]]) -> Iterator[tuple]:
+        """Validate, then yield (images, labels, keys, number of real images) per micro-batch (padded under compile)."""
         x = torch.as_tensor(x).float()
         self._check_input(x)
         n = x.shape[0]
@@ -159,14 +182,57 @@ class DiffOOD:
             keys = content_keys(self.unnormalize(x))
         elif len(keys) != n:
             raise ValueError(f"{len(keys)} keys for {n} images")
-        for i in range(0, n, self.batch_size):
-            j = min(i + self.batch_size, n)
-            yield x[i:j], None if labels is None else labels[i:j], list(keys[i:j])
+        size = self.prepare(x)
+        for i in range(0, n, size):
+            j = min(i + size, n)
+            xb, yb, kb = x[i:j], None if labels is None else labels[i:j], list(keys[i:j])
+            if self.compile and j - i < size:  # static shapes: pad with copies of the last image
+                pad = size - (j - i)
+                xb = torch.cat([xb, xb[-1:].expand(pad, *xb.shape[1:])])
+                yb = None if yb is None else torch.cat([yb, yb[-1:].expand(pad)])
+                kb = kb + kb[-1:] * pad
+            yield xb, yb, kb, j - i
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    # ------------------------------------------------------------------ speed
+    def prepare(self, x: torch.Tensor) -> int:
+        """Resolve ``batch_size="auto"`` (with ``x``, a batch of inputs) and compile once; returns the batch size."""
+        if self.batch_size == "auto":
+            self.batch_size = self._auto_batch_size(x) if self.device.type == "cuda" else self._auto_cpu_batch_size()
+        if self.compile and not self._compiled:
+            network = self.diffusion.network
+            if not getattr(network, "_diffood_compiled", False):
+                network = torch.compile(network, backend="inductor" if self.compile is True else self.compile,
+                                        dynamic=False)
+                network._diffood_compiled = True
+                self.diffusion.network = network
+            self._compiled = True
+        return self.batch_size
+
+    def _auto_cpu_batch_size(self) -> int:
+        pair = 2 if self.diffusion.conditional and self.settings.guidance != 1.0 else 1
+        return max(1, AUTO_CPU_SAMPLES_PER_THREAD * torch.get_num_threads() // (self.settings.repeats * pair))
+
+    def _auto_batch_size(self, x: torch.Tensor) -> int:
+        """The largest power of two of images (at most AUTO_MAX_BATCH) whose measured peak memory fits
+        AUTO_MEMORY_FRACTION of the free GPU memory (see :func:`openood_diffood.memory.suggest_batch_size`)."""
+        from .memory import suggest_batch_size  # it imports this module
+
+        torch.cuda.empty_cache()
+        free, _ = torch.cuda.mem_get_info(self.device)
+        budget = torch.cuda.memory_allocated(self.device) + int(AUTO_MEMORY_FRACTION * free)
+        fit = suggest_batch_size(self, budget, image_size=x.shape[-1])
+        return min(AUTO_MAX_BATCH, 2 ** int(math.log2(fit)))
+
+    @property
+    def precision(self) -> str:
+        """The diffusion network's precision: ``settings.precision`` with ``auto`` resolved for this device."""
         p = self.settings.precision
         if p == "auto":
             p = "bf16" if self.device.type == "cuda" else "fp32"
+        return p
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        p = self.precision
         if p == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
@@ -222,9 +288,9 @@ class DiffOOD:
             z0 = d.encode(self._to_model_size(self.unnormalize(x) * 2 - 1)).float()
         eps = sample_noise(keys, s.seed, r, tuple(z0.shape[1:]), self.device)
         z0 = z0.unsqueeze(1).expand(n, r, *z0.shape[1:]).reshape(n * r, *z0.shape[1:])
-        zt = add_noise(z0, eps.reshape_as(z0), d.alphas_cumprod, s.timestep)
+        zt = add_noise(z0, eps.reshape_as(z0), cpu_schedule(d), s.timestep)
         cond = None if cond is None else cond.repeat_interleave(r)
         with self._autocast():
-            zt = get_solver(s.solver)(d, zt, s.timestep, s.stride, cond, s.guidance)
+            zt = denoise(s.solver, d, zt, s.timestep, s.stride, cond, s.guidance)
             rec = d.decode(zt).float()
         return (self._from_model_size(rec, hw).clamp(-1, 1) + 1) / 2

@@ -7,17 +7,20 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ._openood import require_openood
 
 BasePostprocessor = require_openood("openood.postprocessors.base_postprocessor").BasePostprocessor
 
+from .cache import ScoreCache, engine_identity  # noqa: E402
+from .distributed import init_from_env, local_device, score_loader  # noqa: E402
 from .engine import DiffOOD  # noqa: E402
 from .settings import DATASET_STATS, DiffOODSettings  # noqa: E402
 
 #: Environment variable that overrides ``postprocessor_args.diffusion`` (handy with OpenOOD's unmodified scripts).
 DIFFUSION_ENV = "DIFFOOD_DIFFUSION"
+#: Environment variable that overrides ``postprocessor_args.cache_dir`` (the score cache; see :mod:`.cache`).
+CACHE_ENV = "DIFFOOD_CACHE_DIR"
 #: Sweep keys in ``postprocessor_sweep`` and the setting each one drives.
 SWEEP_KEYS = {"timestep_list": "timestep", "guidance_list": "guidance", "repeats_list": "repeats"}
 
@@ -59,7 +62,11 @@ class DiffOODPostprocessor(BasePostprocessor):
             self.args["dataset"] = dataset
         self.settings = DiffOODSettings.from_mapping(self.args)
         self.diffusion_path: Optional[str] = os.environ.get(DIFFUSION_ENV) or self.args.get("diffusion")
-        self.batch_size = int(self.args.get("batch_size") or 64)
+        batch_size = self.args.get("batch_size") or 64
+        self.batch_size = batch_size if batch_size == "auto" else int(batch_size)
+        self.compile = self.args.get("compile") or False
+        self.channels_last = bool(self.args.get("channels_last"))
+        self.cache_dir: Optional[str] = os.environ.get(CACHE_ENV) or self.args.get("cache_dir")
         self.APS_mode = bool(_get(pp, "APS_mode", False))
         self.hyperparam_search_done = False
         self.engine: Optional[DiffOOD] = None
@@ -73,9 +80,11 @@ class DiffOODPostprocessor(BasePostprocessor):
             raise ValueError(
                 "no diffusion model: set postprocessor.postprocessor_args.diffusion in diffood.yml to a diffusers "
                 f"directory (unet/ + scheduler/) or hub id, or export {DIFFUSION_ENV}=<dir>")
-        device = next(net.parameters()).device
+        init_from_env()  # under torchrun: join the process group, one GPU per rank
+        device = local_device() or next(net.parameters()).device
         diffusion = self.engine.diffusion if self.engine is not None else self.diffusion_path
-        self.engine = DiffOOD(net, diffusion, self.settings, batch_size=self.batch_size, device=device)
+        self.engine = DiffOOD(net, diffusion, self.settings, batch_size=self.batch_size, device=device,
+                              compile=self.compile, channels_last=self.channels_last)
 
     def _engine_for(self, net: nn.Module) -> DiffOOD:
         if self.engine is None or self.engine.classifier.net is not net:
@@ -89,18 +98,15 @@ class DiffOODPostprocessor(BasePostprocessor):
         return out.pred, -out.score
 
     def inference(self, net: nn.Module, data_loader: Any, progress: bool = True) -> Tuple[np.ndarray, ...]:
-        """(pred, conf, label) as numpy arrays over a loader of OpenOOD batches."""
+        """(pred, conf, label) as numpy arrays over a loader of OpenOOD batches.
+
+        Under torchrun the images are split over the ranks and every rank returns the arrays of the whole set
+        (see :mod:`.distributed`); with ``cache_dir`` finished batches are kept and never scored again.
+        """
         engine = self._engine_for(net)
-        preds, confs, labels = [], [], []
-        for batch in tqdm(data_loader, desc="DiffOOD", disable=not progress):
-            out = engine.score(batch["data"])
-            preds.append(out.pred)
-            confs.append(-out.score)
-            labels.append(torch.as_tensor(batch["label"]))
-        if not preds:
-            raise ValueError("empty data loader: there are no images to score")
-        return (torch.cat(preds).numpy().astype(int), torch.cat(confs).numpy(),
-                torch.cat(labels).numpy().astype(int))
+        cache = ScoreCache(self.cache_dir, engine_identity(engine)) if self.cache_dir else None
+        score, pred, label = score_loader(engine, data_loader, cache=cache, progress=progress)
+        return pred.astype(int), -score, label.astype(int)
 
     def set_hyperparam(self, hyperparam: List[Any]) -> None:
         """Set the swept settings, in the order of ``postprocessor_sweep``'s keys (OpenOOD's APS contract)."""

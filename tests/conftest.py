@@ -83,3 +83,16 @@ def load_npz_normalized(path: Path, idx: np.ndarray, mean, std) -> torch.Tensor:
     with np.load(path, allow_pickle=False) as f:
         x = torch.from_numpy(f["images"][idx]).permute(0, 3, 1, 2).float() / 255
     return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+
+
+class DictDataset(torch.utils.data.Dataset):
+    """A map-style dataset of OpenOOD-style samples ({"data": image, "label": int})."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"data": self.x[i], "label": int(self.y[i])}

@@ -1,0 +1,70 @@
+"""DiffOOD as a pytorch-ood ``Detector``: drops into pytorch-ood pipelines (``OODMetrics``, benchmarks)."""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+from pytorch_ood.api import Detector, DetectorInfo, Paper, Task
+
+from .diffusion import DiffusionBackend
+from .engine import DiffOOD
+from .settings import DiffOODSettings
+
+
+class DiffOODDetector(Detector):
+    """pytorch-ood detector around :class:`~openood_diffood.DiffOOD` (no fitting; higher score = more OOD).
+
+    ``predict(x)`` takes images normalized as the classifier expects (``settings.mean`` / ``settings.std``).
+    Build it from an engine, or from ``(classifier, diffusion)`` plus the engine's keyword arguments.
+    """
+
+    info = DetectorInfo(
+        paper=Paper(title="Diffusion Denoising Process for Perceptron Bias in Out-of-distribution Detection",
+                    venue="arXiv", year=2022, url="https://arxiv.org/abs/2211.11255"),
+        tasks={Task.CLASSIFICATION},
+    )
+    requires_fit = False
+
+    def __init__(self, classifier_or_engine: Union[DiffOOD, nn.Module],
+                 diffusion: Optional[Union[DiffusionBackend, str, os.PathLike]] = None,
+                 settings: Optional[DiffOODSettings] = None, **engine_kwargs: Any) -> None:
+        if isinstance(classifier_or_engine, DiffOOD):
+            if diffusion is not None or settings is not None or engine_kwargs:
+                raise ValueError("pass either a DiffOOD engine alone, or a classifier with a diffusion model")
+            self.engine = classifier_or_engine
+        else:
+            if diffusion is None:
+                raise ValueError("a diffusion model is needed: DiffOODDetector(classifier, '<diffusers dir>')")
+            self.engine = DiffOOD(classifier_or_engine, diffusion, settings, **engine_kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the engine runs."""
+        return self.engine.device
+
+    def to(self, device: Union[str, torch.device]) -> "DiffOODDetector":
+        """Move the classifier and the diffusion model."""
+        self.engine.device = torch.device(device)
+        self.engine.classifier.to(self.engine.device)
+        self.engine.diffusion.to(self.engine.device)
+        return self
+
+    def fit(self, data_loader: Any = None) -> "DiffOODDetector":
+        """Nothing to fit: DiffOOD uses the trained classifier and diffusion model as they are."""
+        return self
+
+    def fit_features(self, x: Any = None, y: Any = None) -> "DiffOODDetector":
+        """Nothing to fit (see :meth:`fit`)."""
+        return self
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Outlier scores of shape (N,) for a batch of normalized images (N, C, H, W)."""
+        return self.engine.score(x).score
+
+    def predict_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Not possible: DiffOOD noises and denoises the images themselves."""
+        raise NotImplementedError(
+            "DiffOOD needs the images, not features: it diffuses and reconstructs the input before comparing the "
+            "classifier's outputs; call predict(images) instead of predict_features(features)")

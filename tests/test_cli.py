@@ -1,0 +1,294 @@
+"""``python -m openood_diffood eval`` / ``demo`` end to end on tiny inputs, OpenOOD data roots, and bad inputs."""
+import ast
+import csv
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, write_tiny_diffusion
+from openood_diffood import cli
+from openood_diffood.networks import cifar_resnet
+
+METHODS = ["diffood", "msp", "ebo", "mls", "react", "vim", "knn"]
+NORM = ["--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25"]
+FAST = ["--timestep", "100", "--stride", "50", "--repeats", "1", "--no-progress"]
+
+
+def _images(n, seed, size=8, shift=0):
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(128 + shift, 50, (n, size, size, 3)), 0, 255).astype(np.uint8)
+
+
+def _npz(path, images, labels=None):
+    arrays = {"images": images} if labels is None else {"images": images, "labels": np.asarray(labels)}
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny diffusion model, a 3-class CIFAR ResNet-20 (two OpenOOD-style runs s0/s1) and tiny .npz sets."""
+    root = tmp_path_factory.mktemp("cli")
+    write_tiny_diffusion(root / "diffusion")
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        (root / "runs" / f"s{seed}").mkdir(parents=True)
+        torch.save(cifar_resnet(20, num_classes=3).state_dict(), root / "runs" / f"s{seed}" / "best.ckpt")
+    labels = np.arange(12) % 3
+    return {
+        "root": root,
+        "ckpt": str(root / "runs" / "s0" / "best.ckpt"),
+        "id": _npz(root / "id.npz", _images(12, 0), labels),
+        "near": _npz(root / "near.npz", _images(12, 1, shift=40)),
+        "far": _npz(root / "far.npz", _images(12, 2, shift=-90)),
+        "fit": _npz(root / "fit.npz", _images(60, 3), np.arange(60) % 3),
+    }
+
+
+def _summary(stdout: str) -> dict:
+    """The summary table (last block of stdout): method -> its five numbers (means where cells are mean +- std)."""
+    block = stdout.strip().split("\n\n")[-1].splitlines()
+    assert block[0].split()[0] == "method"
+    table = {}
+    for line in block[1:]:
+        name, *cells = line.split()
+        values = [float(v) for v in cells if v != "\u00b1"]
+        table[name] = values[::2] if "\u00b1" in cells else values
+    return table
+
+
+def test_eval_end_to_end_over_openood_runs(tiny, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "openood_diffood", "eval", "--root", str(tiny["root"] / "runs"), "--arch",
+           "cifar_resnet20", "--diffusion", str(tiny["root"] / "diffusion"), "--id-test", f"digits={tiny['id']}",
+           "--near", f"nearset={tiny['near']}", "--far", f"farset={tiny['far']}", "--fit-data", tiny["fit"],
+           "--out", str(out), "--save-score", "--save-csv", "--baseline-backend", "pytorch-ood", *NORM, *FAST]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = _summary(res.stdout)
+    assert list(table) == METHODS
+    assert all(len(v) == 5 and all(math.isfinite(x) for x in v) for v in table.values())
+    for m in METHODS:  # OpenOOD's per-method table, mean +- std over the two runs
+        assert f"== {m} (mean \u00b1 std over 2 runs)" in res.stdout
+    assert "nearset" in res.stdout and "farood" in res.stdout
+    # KNN's K=50 meets only 60 fit images, ViM's dim=256 a 64-dim feature: both say so
+    assert "K=50 exceeds the ~20 fit images per class" in res.stderr and "ViM: dim=256" in res.stderr
+
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert {r["method"] for r in rows} == set(METHODS) and {r["run"] for r in rows} == {"s0", "s1", "mean"}
+    assert all(0 <= float(r["AUROC"]) <= 100 for r in rows)
+    payload = json.load(open(out / "metrics.json"))
+    assert payload["runs"] == ["s0", "s1"] and payload["settings"]["timestep"] == 100
+    assert payload["settings"]["mean"] == [0.5, 0.5, 0.5]
+    assert payload["run_details"]["s0"]["backends"]["knn"] == "pytorch-ood"
+    for png in ("hist_nearset.png", "hist_farset.png", "reconstructions.png"):
+        assert (out / png).stat().st_size > 10_000
+    scores = np.load(out / "scores" / "s1" / "diffood.npz")
+    assert scores["id.conf"].shape == (12,) and scores["near.nearset.conf"].shape == (12,)
+    assert (scores["id.conf"] <= 0).all()  # conf = -score and DiffOOD scores are >= 0
+    assert (tiny["root"] / "runs" / "ood" / "knn.csv").is_file()  # OpenOOD's --save-csv place: <root>/ood/
+
+
+def _run_main(args, capsys):
+    code = cli.main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _eval_args(tiny, **replace):
+    specs = {"--ckpt": tiny["ckpt"], "--id-test": tiny["id"], "--near": f"n={tiny['near']}",
+             "--far": f"f={tiny['far']}", "--fit-data": tiny["fit"], **replace}
+    args = ["eval", "--arch", "cifar_resnet20", "--postprocessor", "msp", "--no-plots", *NORM, "--no-progress"]
+    for k, v in specs.items():
+        if v is not None:
+            args += [k, v]
+    return args
+
+
+@pytest.mark.parametrize("problem, match", [
+    ("labels", "labels 0..5 but the classifier has 3 classes"),
+    ("sizes", "images of mixed sizes"),
+    ("missing", "does not exist"),
+    ("no_images", "has no 'images' array"),
+    ("baseline", "unknown baseline 'nosuchbaseline'"),
+    ("arch", "does not fit --arch cifar_resnet32"),
+    ("no_diffusion", "method 'diffood' needs a diffusion model"),
+])
+def test_bad_inputs_get_clear_errors(tiny, tmp_path, capsys, problem, match):
+    args = {
+        "labels": _eval_args(tiny, **{"--id-test": _npz(tmp_path / "bad.npz", _images(6, 5), [0, 1, 2, 5, 0, 1])}),
+        "sizes": _eval_args(tiny, **{"--far": f"f={_npz(tmp_path / 'small.npz', _images(6, 5, size=6))}"}),
+        "missing": _eval_args(tiny, **{"--near": f"n={tmp_path / 'nowhere.npz'}"}),
+        "no_images": _eval_args(tiny, **{"--near": "n=" + _npz(tmp_path / "x.npz", _images(2, 0))
+                                         .replace("x.npz", "y.npz")}),
+        "baseline": _eval_args(tiny) + ["--postprocessor", "msp", "nosuchbaseline"],
+        "arch": [a if a != "cifar_resnet20" else "cifar_resnet32" for a in _eval_args(tiny)],
+        "no_diffusion": _eval_args(tiny) + ["--postprocessor", "diffood"],
+    }[problem]
+    if problem == "no_images":
+        np.savez(tmp_path / "y.npz", pixels=_images(2, 0))
+    code, _, err = _run_main(args, capsys)
+    assert code == 2 and err.startswith("error: ") and match in err, err  # fails before any scoring
+    if problem == "baseline":
+        assert "available are" in err and "msp" in err
+
+
+def test_ood_set_identical_to_id_set_warns_and_still_runs(tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = _run_main(_eval_args(tiny, **{"--near": f"same={tiny['id']}"}) + ["--out", str(out)], capsys)
+    assert code == 0, err
+    assert "warning: 12 of 12 images of near OOD set 'same' are also in the ID test set" in err
+    assert _summary(stdout)["msp"][0] == pytest.approx(50.0)  # identical sets: AUROC 50
+
+
+def _write_openood_root(root: Path) -> None:
+    """A tiny OpenOOD data root: CIFAR-10 test/train lists, cifar100 (near) and mnist (far) only."""
+    rng = np.random.default_rng(0)
+    lists = {"test_cifar10": ("cifar10/test", 9, 0), "train_cifar10": ("cifar10/train", 30, 0),
+             "test_cifar100": ("cifar100/test", 9, 40), "test_mnist": ("mnist/test", 9, -90)}
+    (root / "benchmark_imglist" / "cifar10").mkdir(parents=True)
+    for listname, (folder, n, shift) in lists.items():
+        (root / "images_classic" / folder).mkdir(parents=True)
+        lines = []
+        for i in range(n):
+            rel = f"{folder}/{i}.png"
+            img = np.clip(rng.normal(128 + shift, 50, (10, 10, 3)), 0, 255).astype(np.uint8)  # resized to 8 on load
+            Image.fromarray(img).save(root / "images_classic" / rel)
+            lines.append(f"{rel} {i % 3}")
+        (root / "benchmark_imglist" / "cifar10" / f"{listname}.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_eval_on_an_openood_data_root(tiny, tmp_path, capsys):
+    _write_openood_root(tmp_path / "data")
+    args = ["eval", "--arch", "cifar_resnet20", "--ckpt", tiny["ckpt"], "--data-root", str(tmp_path / "data"),
+            "--id-data", "cifar10", "--image-size", "8", "--postprocessor", "msp,react", "--no-plots", "--out",
+            str(tmp_path / "out"), *NORM, "--no-progress", "--baseline-backend", "pytorch-ood"]
+    code, stdout, err = _run_main(args, capsys)
+    assert code == 0, err
+    for skipped in ("tin", "svhn", "texture", "places365"):
+        assert f"set {skipped!r} skipped" in err
+    assert list(_summary(stdout)) == ["msp", "react"]
+    payload = json.load(open(tmp_path / "out" / "metrics.json"))
+    assert payload["set_sizes"] == {"id:cifar10": 9, "near:cifar100": 9, "far:mnist": 9, "fit:cifar10": 30}
+    assert set(payload["methods"]["msp"]["per_run"]["best"]) == {"cifar100", "nearood", "mnist", "farood"}
+
+
+def test_openood_imglists_match_openood_data_info():
+    spec = importlib.util.find_spec("openood")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("OpenOOD is not installed: cannot compare with its evaluation_api/datasets.py")
+    source = (Path(list(spec.submodule_search_locations)[0]) / "evaluation_api" / "datasets.py").read_text()
+    node = next(n for n in ast.parse(source).body if isinstance(n, ast.Assign) and n.targets[0].id == "DATA_INFO")
+    info = ast.literal_eval(node.value)
+    for id_name in cli.OPENOOD_BENCHMARKS:
+        ours = cli.openood_imglists("/root", id_name)
+        expect = {"id": [info[id_name]["id"]["test"]], "fit": [info[id_name]["id"]["train"]],
+                  "near": [info[id_name]["ood"]["near"][n] for n in info[id_name]["ood"]["near"]["datasets"]],
+                  "far": [info[id_name]["ood"]["far"][n] for n in info[id_name]["ood"]["far"]["datasets"]],
+                  "csid": [info[id_name]["csid"][n] for n in info[id_name]["csid"]["datasets"]]}
+        for role, entries in expect.items():
+            got = [(os.path.relpath(lst, "/root"), os.path.relpath(d, "/root") + "/") for _, lst, d in ours[role]]
+            assert got == [(e["imglist_path"], e["data_dir"]) for e in entries], (id_name, role)
+        assert cli.OPENOOD_BENCHMARKS[id_name][0] == info[id_name]["num_classes"]
+
+
+def test_settings_come_from_defaults_then_config_then_flags(tmp_path):
+    from openood_diffood.registry import config_path
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["eval", "--config", config_path("diffood"), "--guidance", "1.5"])
+    settings, config = cli.settings_from_args(args)
+    assert (settings.timestep, settings.guidance, settings.repeats) == (300, 1.5, 4)  # diffood.yml, then the flag
+    assert config["batch_size"] == 64 and "diffusion" in config
+    flat = tmp_path / "flat.yml"
+    flat.write_text("timestep: 120\nstride: 40\nspace: feature\nthreshold: 0.5\n")
+    settings, _ = cli.settings_from_args(parser.parse_args(["eval", "--config", str(flat), "--repeats", "2"]))
+    assert (settings.timestep, settings.stride, settings.space, settings.threshold, settings.repeats) == \
+        (120, 40, "feature", 0.5, 2)
+    with pytest.raises(FileNotFoundError, match="--config"):
+        cli.settings_from_args(parser.parse_args(["eval", "--config", str(tmp_path / "none.yml")]))
+
+
+def test_classifier_loading_reads_the_class_count(tiny, tmp_path):
+    net = cli.load_classifier("cifar_resnet20", tiny["ckpt"])
+    assert net.linear.out_features == 3 and not net.training
+    torch.save(torch.nn.Linear(4, 2).state_dict(), tmp_path / "linear.pt")
+    with pytest.raises(ValueError, match="has no 'fc.weight'"):
+        cli.load_classifier("resnet18", str(tmp_path / "linear.pt"))
+    with pytest.raises(ValueError, match="unknown --arch 'resnet_9000'"):
+        cli.build_classifier("resnet_9000", 10)
+
+
+def test_limit_picks_the_same_subset_whatever_else_is_loaded():
+    from openood_diffood.evaluation import ImageSet
+
+    s = ImageSet("tin", _images(50, 0), np.arange(50) % 5)
+    a, b = s.limited(10, seed=0), s.limited(10, seed=0)
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels) and len(a.images) == 10
+    assert not np.array_equal(s.limited(10, seed=1).images, a.images)
+    assert s.limited(None, 0) is s and s.limited(80, 0) is s
+
+
+def test_fsood_counts_csid_sets_as_id(tiny, tmp_path, capsys):
+    csid = _npz(tmp_path / "csid.npz", _images(6, 7, shift=20), np.arange(6) % 3)
+    out = tmp_path / "out"
+    code, _, err = _run_main(_eval_args(tiny) + ["--fsood", "--csid", f"shifted={csid}", "--out", str(out),
+                                                 "--save-score", "--save-csv"], capsys)
+    assert code == 0, err
+    scores = np.load(out / "scores" / "best" / "msp.npz")
+    assert scores["id.conf"].shape == (18,) and scores["id.label"].shape == (18,)  # 12 ID + 6 csid
+    assert (out / "fsood" / "msp.csv").is_file()
+    code, _, err = _run_main(_eval_args(tiny) + ["--fsood"], capsys)
+    assert code == 2 and "--fsood needs covariate-shifted ID sets" in err
+
+
+def test_eval_without_model_or_data_arguments_runs_the_demo(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cli, "demo_main", lambda args: calls.append(args) or [])
+    assert cli.main(["eval", "--limit", "5", "--postprocessor", "msp"]) == 0
+    assert len(calls) == 1 and calls[0].limit == 5
+    assert cli.main(["eval", "--limit", "5", "--id-test", "x.npz"]) == 2 and len(calls) == 1  # data given: no demo
+
+
+def test_demo_end_to_end(tmp_path):
+    """The shipped demo (a random subset of 60 images per set to keep this test short)."""
+    out = tmp_path / "demo"
+    res = subprocess.run([sys.executable, "-m", "openood_diffood", "demo", "--limit", "60", "--out", str(out),
+                          "--no-progress"], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = _summary(res.stdout)
+    assert list(table) == METHODS
+    assert all(len(v) == 5 and all(math.isfinite(x) for x in v) for v in table.values())
+    payload = json.load(open(out / "metrics.json"))
+    assert payload["command"] == "demo" and payload["set_sizes"]["id:digits_0-5"] == 60
+    for name in ("metrics.csv", "reconstructions.png", "hist_digits_6-9.png", "hist_photo_patches.png"):
+        assert (out / name).is_file()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openood") is None,
+                    reason="OpenOOD is not installed (pip install -e a clone of github.com/Jingkang50/OpenOOD)")
+def test_eval_with_openood_postprocessors(tiny, tmp_path):
+    """With OpenOOD importable, eval's baselines are OpenOOD's own postprocessors (ODIN takes input gradients)."""
+    out = tmp_path / "out"
+    args = _eval_args(tiny) + ["--postprocessor", "msp", "knn", "odin", "--baseline-backend", "openood",
+                               "--out", str(out)]
+    code = f"import sys, openood_shims; openood_shims.install(); from openood_diffood.cli import main; " \
+           f"sys.exit(main({args!r}))"
+    tests = os.path.dirname(os.path.abspath(__file__))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join([tests, str(REPO)])})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert list(_summary(res.stdout)) == ["msp", "knn", "odin"]
+    payload = json.load(open(out / "metrics.json"))
+    assert set(payload["run_details"]["best"]["backends"].values()) == {"openood"}
