@@ -39,7 +39,8 @@ from openood_diffood.noise import content_keys, sample_noise  # noqa: E402
 from openood_diffood.scoring import feature_change  # noqa: E402
 from openood_diffood.solvers import SOLVERS, denoise, network_evaluations, solver_timesteps  # noqa: E402
 
-#: UNet2DModel configurations: two small ones for CPUs and the DDPM-CIFAR10 size (35.7 M parameters).
+#: UNet2DModel configurations: two small ones for CPUs, the shared CIFAR-10 UNet's architecture (14.5 M) and the
+#: DDPM-CIFAR10 size (35.7 M parameters).
 MODELS = {
     "tiny": dict(block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8,
                  down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
@@ -47,6 +48,9 @@ MODELS = {
     "small": dict(block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8,
                   down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
                   up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D")),
+    "cifar10": dict(block_out_channels=(96, 192, 192), layers_per_block=2, attention_head_dim=8,  # shared UNet's
+                    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+                    up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D")),
     "ddpm": dict(block_out_channels=(128, 256, 256, 256), layers_per_block=2,
                  down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
                  up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D")),
