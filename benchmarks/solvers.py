@@ -10,8 +10,6 @@ cache (``--cache``), so an interrupted run resumes. Writes a markdown table (``-
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Dict, Tuple
@@ -20,8 +18,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import REPO, bootstrap_std, data_dir  # noqa: E402  (puts the repository on sys.path)
 
 from openood_diffood import DiffOOD, DiffOODSettings, load_diffusion  # noqa: E402
 from openood_diffood.cache import ScoreCache, engine_identity  # noqa: E402
@@ -36,13 +33,6 @@ SETS = [("CIFAR-10 (ID)", "cifar10_test.npz", None), ("TIN", "tin_val_32.npz", "
 CONFIGS = [("ddim", 20), ("ddim", 60), ("dpmpp2m", 60), ("plms", 75)]
 
 
-def data_dir() -> Path:
-    path = Path(os.environ.get("DIFFOOD_DATA", REPO.parent / "shared" / "data"))
-    if not (path / "cifar10_test.npz").is_file():
-        raise SystemExit(f"shared data not found at {path}: set DIFFOOD_DATA to the folder with cifar10_test.npz")
-    return path
-
-
 def load_set(path: Path, mask: str, n: int, seed: int, mean, std) -> torch.Tensor:
     """n images drawn with a fixed seed (from the mask's images when given), normalized NCHW float."""
     with np.load(path, allow_pickle=False) as f:
@@ -54,12 +44,6 @@ def load_set(path: Path, mask: str, n: int, seed: int, mean, std) -> torch.Tenso
 
 def score_set(engine: DiffOOD, cache: ScoreCache, x: torch.Tensor, batch: int) -> np.ndarray:
     return np.concatenate([cache.score(engine, x[i:i + batch])[0].numpy() for i in range(0, len(x), batch)])
-
-
-def bootstrap_std(id_s: np.ndarray, ood_s: np.ndarray, rounds: int = 500, seed: int = 0) -> float:
-    rng = np.random.default_rng(seed)
-    return float(np.std([ood_metrics(rng.choice(id_s, id_s.size), rng.choice(ood_s, ood_s.size))["AUROC"]
-                         for _ in range(rounds)]))
 
 
 def main() -> None:

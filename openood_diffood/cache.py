@@ -76,7 +76,7 @@ def engine_identity(engine: DiffOOD) -> Dict[str, Any]:
             "diffusion": module_fingerprint(engine.diffusion)}
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     """Write through a temporary file in the same directory, then rename it into place."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -99,7 +99,7 @@ class ScoreCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         key_file = self.dir / "key.json"
         if not key_file.exists():
-            _atomic_write(key_file, lambda f: f.write(text.encode()))
+            atomic_write(key_file, lambda f: f.write(text.encode()))
         self._entries: Dict[str, Tuple[float, int]] = {}
         self._read: set = set()
         self.refresh()
@@ -133,7 +133,7 @@ class ScoreCache:
         name = f"unit-{_digest(''.join(keys).encode())}.npz"
         arrays = {"keys": np.array(list(keys)), "score": scores.detach().cpu().float().numpy(),
                   "pred": preds.detach().cpu().long().numpy()}
-        _atomic_write(self.dir / name, lambda f: np.savez(f, **arrays))
+        atomic_write(self.dir / name, lambda f: np.savez(f, **arrays))
         self._read.add(name)
         self._entries.update(zip(keys, zip(arrays["score"].tolist(), arrays["pred"].tolist())))
 

@@ -47,14 +47,16 @@ class DiffusionBackend(nn.Module):
     def predict_noise(self, z: torch.Tensor, t: int, labels: Optional[torch.Tensor], guidance: float) -> torch.Tensor:
         """Guided epsilon: eps_null + w (eps_y - eps_null), both branches in one batched call.
 
-        ``w == 1`` (or an unconditional model, or no labels) needs only one branch and makes one call.
+        ``w == 1`` (conditional only), ``w == 0`` (the null class only, i.e. unconditional), an unconditional
+        model or no labels need only one branch and make one call.
         """
         n = z.shape[0]
         if not self.conditional or labels is None:
             return self.network(z, torch.full((n,), t, device=z.device, dtype=torch.long), None)
-        if guidance == 1.0:
-            return self.network(z, torch.full((n,), t, device=z.device, dtype=torch.long), labels)
         null = torch.full_like(labels, self.null_class)
+        if guidance in (0.0, 1.0):
+            return self.network(z, torch.full((n,), t, device=z.device, dtype=torch.long),
+                                labels if guidance == 1.0 else null)
         eps = self.network(torch.cat([z, z]), torch.full((2 * n,), t, device=z.device, dtype=torch.long),
                            torch.cat([labels, null]))
         eps_y, eps_null = eps.chunk(2)

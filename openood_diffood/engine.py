@@ -209,7 +209,7 @@ class DiffOOD:
         return self.batch_size
 
     def _auto_cpu_batch_size(self) -> int:
-        pair = 2 if self.diffusion.conditional and self.settings.guidance != 1.0 else 1
+        pair = 2 if self.diffusion.conditional and self.settings.guidance not in (0.0, 1.0) else 1
         return max(1, AUTO_CPU_SAMPLES_PER_THREAD * torch.get_num_threads() // (self.settings.repeats * pair))
 
     def _auto_batch_size(self, x: torch.Tensor) -> int:
@@ -248,17 +248,21 @@ class DiffOOD:
             return x
         return F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True)
 
-    def _features(self, x_norm: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        if self.settings.space == "image":
+    def features(self, x_norm: torch.Tensor,
+                 settings: Optional[DiffOODSettings] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(logits, flattened features in the feature space of ``settings``, default the engine's) of a normalized
+        batch; the ``image`` space is the image itself in [0, 1]."""
+        settings = settings or self.settings
+        if settings.space == "image":
             return self.classifier(x_norm), self.unnormalize(x_norm).flatten(1)
-        return self.classifier.logits_and_features(x_norm, self.settings)
+        return self.classifier.logits_and_features(x_norm, settings)
 
     def _score_batch(self, x: torch.Tensor, labels: Optional[torch.Tensor], keys: Sequence[Hashable],
                      keep_reconstructions: bool) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         s, d = self.settings, self.diffusion
         x = x.to(self.device, non_blocking=True)
         n, r = x.shape[0], s.repeats
-        logits, feat = self._features(x)
+        logits, feat = self.features(x)
         pred = logits.argmax(1)
         cond = pred if labels is None else labels.to(self.device)
 
@@ -267,7 +271,7 @@ class DiffOOD:
             recs = self.unnormalize(x).unsqueeze(1).expand(n, r, *x.shape[1:]) if keep_reconstructions else None
             return feature_change(feat, rec_feat), pred, recs
         rec01 = self._round_trip(x, self._diffusion_labels(cond), keys)
-        _, rec_feat = self._features(self.normalize(rec01))
+        _, rec_feat = self.features(self.normalize(rec01))
         score = feature_change(feat, rec_feat.view(n, r, -1))
         recs = rec01.view(n, r, *rec01.shape[1:]) if keep_reconstructions else None
         return score, pred, recs

@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
-def feature_change(feat: torch.Tensor, rec_feat: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    """Mean over repeats of || n(g(x)) - n(g(x_r)) ||_1, n = L2 normalization.
+def repeat_changes(feat: torch.Tensor, rec_feat: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """|| n(g(x)) - n(g(x_r)) ||_1 for each repeat r, n = L2 normalization.
 
     feat: (N, D) features of the inputs; rec_feat: (N, R, D) features of their R reconstructions.
-    Returns (N,) scores, higher = more change = more OOD.
+    Returns (N, R) changes.
     """
     f = feat.float().flatten(1)
     f = f / (f.norm(dim=-1, keepdim=True) + eps)
     g = rec_feat.float()
     g = g / (g.norm(dim=-1, keepdim=True) + eps)
-    return (f.unsqueeze(1) - g).abs().sum(-1).mean(1)
+    return (f.unsqueeze(1) - g).abs().sum(-1)
+
+
+def feature_change(feat: torch.Tensor, rec_feat: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """The DiffOOD score: the mean over repeats of :func:`repeat_changes`, shape (N,); higher = more OOD."""
+    return repeat_changes(feat, rec_feat, eps).mean(1)

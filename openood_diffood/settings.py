@@ -35,7 +35,8 @@ class DiffOODSettings:
     """Every setting that changes a DiffOOD score (paper defaults for CIFAR).
 
     timestep: noise level t the input is diffused to (0 = no noise, score 0).
-    guidance: classifier-free guidance weight w, eps = eps_null + w (eps_y - eps_null); 1 = conditional only.
+    guidance: classifier-free guidance weight w, eps = eps_null + w (eps_y - eps_null); 1 = conditional only,
+        0 = unconditional (the null class only).
     repeats: R independent noise draws averaged in the score.
     stride: solver stride in training timesteps (20: 15 DDIM steps from t = 300).
     space: ``logit``, ``feature`` (penultimate), ``layer<k>`` (OpenOOD feature list entry k) or ``image``.

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from conftest import DictDataset, TinyNet
 from openood_diffood import DiffOOD, load_diffusion
-from openood_diffood.cache import ScoreCache, _atomic_write, engine_identity, image_digests, module_fingerprint
+from openood_diffood.cache import ScoreCache, atomic_write, engine_identity, image_digests, module_fingerprint
 from openood_diffood.distributed import score_loader
 
 SETTINGS = dict(timestep=100, stride=50, repeats=2, guidance=2.0)  # 2 network calls per micro-batch
@@ -115,13 +115,13 @@ def test_image_digests_are_exact():
     assert image_digests(x.view(3, 3, 2, 8))[0] != dx[0]  # the shape is part of the digest
 
 
-def test_atomic_write_leaves_nothing_when_interrupted(tmp_path):
+def testatomic_write_leaves_nothing_when_interrupted(tmp_path):
     def dies(f):
         f.write(b"half a unit")
         raise Interrupt()
 
     with pytest.raises(Interrupt):
-        _atomic_write(tmp_path / "unit-x.npz", dies)
+        atomic_write(tmp_path / "unit-x.npz", dies)
     assert os.listdir(tmp_path) == []
 
 

@@ -60,6 +60,18 @@ def test_guidance_combination_by_hand(backend):
             torch.testing.assert_close(guided, eps_null + w * (eps_y - eps_null), rtol=0, atol=1e-5)
 
 
+def test_one_branch_when_guidance_is_zero_or_one(backend, monkeypatch):
+    """w = 0 (unconditional: null class only) and w = 1 (conditional only) make one call on N samples."""
+    calls = []
+    network = backend.network
+    monkeypatch.setattr(backend, "network", lambda z, t, y: calls.append((z.shape[0], y.tolist())) or network(z, t, y))
+    z, labels = torch.randn(2, 3, 8, 8), torch.tensor([2, 0])
+    with torch.no_grad():
+        for w in (0.0, 1.0, 3.0):
+            backend.predict_noise(z, 100, labels, w)
+    assert calls == [(2, [3, 3]), (2, [2, 0]), (4, [2, 0, 3, 3])]
+
+
 def test_score_formula_by_hand():
     feat = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
     rec = torch.tensor([[[3.0, 4.0], [4.0, 3.0]], [[0.0, 2.0], [1.0, 1.0]]])
