@@ -14,6 +14,7 @@ import torch  # noqa: E402
 
 from common import bootstrap_std  # noqa: E402
 from openood_diffood import DiffOODSettings, __version__  # noqa: E402
+from openood_diffood.calibration import Calibration  # noqa: E402
 from openood_diffood.evaluation import RunScores  # noqa: E402
 from openood_diffood.metrics import COLUMNS, MethodResult, accuracy, method_table, ood_metrics  # noqa: E402
 from openood_diffood.plots import reconstruction_grid, score_histograms  # noqa: E402
@@ -32,11 +33,6 @@ def _cell(id_s: np.ndarray, ood_s: np.ndarray) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- improvements
-def _zfit(ref: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    mu, sd = float(ref.mean()), float(ref.std()) + 1e-12
-    return lambda v: (v - mu) / sd
-
-
 def _rankfit(ref: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     ref = np.sort(ref)
     return lambda v: np.searchsorted(ref, v, side="right") / len(ref)
@@ -53,10 +49,12 @@ def improvement_candidates(val_change: Mapping[str, np.ndarray], val_energy: np.
                            classes: int) -> Dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]]:
     """Score functions f(change, energy, pred) fitted on the ID validation set only."""
     c, e = val_change["id"], val_energy
-    zc, ze, rc, re_ = _zfit(c), _zfit(e), _rankfit(c), _rankfit(e)
+    z = Calibration.fit(torch.from_numpy(c), torch.from_numpy(e))  # the library's combine: energy
+    rc, re_ = _rankfit(c), _rankfit(e)
     per_class = _per_class_fit(c, val_pred, classes)
     return {
-        "change + energy (z on ID val)": lambda ch, en, p: zc(ch) + ze(en),
+        "change + energy (z on ID val)": lambda ch, en, p: z.combine(torch.from_numpy(ch),
+                                                                     torch.from_numpy(en)).numpy(),
         "change + energy (rank on ID val)": lambda ch, en, p: rc(ch) + re_(en),
         "change, per-class z (ID val)": lambda ch, en, p: per_class(ch, p),
     }

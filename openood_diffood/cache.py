@@ -71,9 +71,12 @@ def engine_identity(engine: DiffOOD) -> Dict[str, Any]:
     """Everything besides the image that determines a :class:`~openood_diffood.DiffOOD` engine's scores."""
     from . import __version__
 
-    return {"format": FORMAT, "version": __version__, "settings": _plain(engine.settings.as_dict()),
-            "precision": engine.precision, "classifier": module_fingerprint(engine.classifier),
-            "diffusion": module_fingerprint(engine.diffusion)}
+    identity = {"format": FORMAT, "version": __version__, "settings": _plain(engine.settings.as_dict()),
+                "precision": engine.precision, "classifier": module_fingerprint(engine.classifier),
+                "diffusion": module_fingerprint(engine.diffusion)}
+    if engine.settings.combine is not None:  # the scores depend on the ID validation statistics too
+        identity["calibration"] = engine.calibration.as_dict() if engine.calibration is not None else None
+    return identity
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:

@@ -24,8 +24,8 @@ from .baselines import BACKENDS, check_baselines
 from .classifier import _last_linear
 from .diffusion import load_diffusion
 from .engine import DiffOOD
-from .evaluation import DEFAULT_METHODS, DIFFOOD, Benchmark, ImageSet, method_results, reconstruction_figure, \
-    report, save_scores, score_benchmark
+from .evaluation import CALIBRATION_IMAGES, DEFAULT_METHODS, DIFFOOD, Benchmark, ImageSet, calibration_batches, \
+    method_results, reconstruction_figure, report, save_scores, score_benchmark
 from .image_sources import load_images, openood_spec
 from .networks import cifar_resnet, load_state_dict_file, resnet18_32x32
 from .settings import DATASET_STATS, SPACES, DiffOODSettings
@@ -204,7 +204,7 @@ def settings_from_args(args: argparse.Namespace,
     settings = (base or DiffOODSettings()).replace(**{k: v for k, v in config.items()
                                                       if k in DiffOODSettings.__dataclass_fields__ and v is not None})
     flags = {k: getattr(args, k) for k in ("timestep", "guidance", "repeats", "stride", "space", "threshold", "seed",
-                                           "solver", "precision") if getattr(args, k) is not None}
+                                           "solver", "precision", "combine") if getattr(args, k) is not None}
     return settings.replace(**flags), config
 
 
@@ -244,6 +244,8 @@ def run_evaluation(args: argparse.Namespace, methods: List[str], bench: Benchmar
         net = net.to(device).eval()
         engine = (DiffOOD(net, backend, settings, batch_size=diffood_batch_size, device=device)
                   if backend is not None else None)
+        if engine is not None and settings.combine is not None:
+            engine.calibrate(calibration_batches(bench, engine.batch_size, settings.seed))
         print(f"[{run_name}] scoring {', '.join(methods)} on {device}", file=sys.stderr, flush=True)
         scores = score_benchmark(net, bench, methods, engine=engine, backend=args.baseline_backend,
                                  id_name=args.id_data, batch_size=args.batch_size, fsood=args.fsood, device=device,
@@ -328,6 +330,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="noise seed (also picks the --limit subsets)")
     g.add_argument("--solver")
     g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    g.add_argument("--combine", choices=("energy",),
+                   help="add the classifier's energy, both z-normalised on ID images (up to "
+                        f"{CALIBRATION_IMAGES} of the fit set)")
     g.add_argument("--diffood-batch-size", type=int, help="images per DiffOOD micro-batch (default: config or 64)")
     g = p.add_argument_group("run")
     g.add_argument("--batch-size", type=int, default=200, help="classifier batch size (default: %(default)s)")

@@ -52,7 +52,12 @@ class DiffOODDetector(Detector):
         return self
 
     def fit(self, data_loader: Any = None) -> "DiffOODDetector":
-        """Nothing to fit: DiffOOD uses the trained classifier and diffusion model as they are."""
+        """Nothing to fit for the paper's score; with ``combine='energy'``, calibrate on the loader's ID images
+        (batches of ``(x, y)`` or of ``x``)."""
+        if self.engine.settings.combine is not None:
+            if data_loader is None:
+                raise ValueError("combine='energy' calibrates on ID validation images: call fit(id_val_loader)")
+            self.engine.calibrate(b[0] if isinstance(b, (tuple, list)) else b for b in data_loader)
         return self
 
     def fit_features(self, x: Any = None, y: Any = None) -> "DiffOODDetector":

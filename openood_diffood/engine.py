@@ -5,12 +5,13 @@ import contextlib
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Hashable, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .calibration import Calibration, energy_score
 from .classifier import Classifier, as_classifier
 from .diffusion import DiffusionBackend, load_diffusion
 from .noise import content_keys, sample_noise
@@ -75,6 +76,8 @@ class DiffOOD:
             self.diffusion.to(memory_format=torch.channels_last)
         self.compile = compile
         self._compiled = False
+        self.calibration: Optional[Calibration] = None
+        self._calibrated_for: Optional[dict] = None
         self._check_compatible(self.settings)
 
     # ------------------------------------------------------------------ checks
@@ -145,10 +148,11 @@ class DiffOOD:
         ``labels`` replaces the classifier's pseudo-labels for conditioning; ``keys`` identify the images for
         their noise (default: their content).
         """
+        self._check_calibrated()
         scores, preds = [], []
         for xb, yb, kb, m in self._micro_batches(x, labels, keys):
-            s, p, _ = self._score_batch(xb, yb, kb, keep_reconstructions=False)
-            scores.append(s[:m])
+            change, p, energy, _ = self._score_batch(xb, yb, kb, keep_reconstructions=False)
+            scores.append(self._final_score(change, energy)[:m])
             preds.append(p[:m])
         return DiffOODOutput(torch.cat(scores).cpu(), torch.cat(preds).cpu())
 
@@ -156,13 +160,50 @@ class DiffOOD:
     def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
                     keys: Optional[Sequence[Hashable]] = None) -> Tuple[torch.Tensor, DiffOODOutput]:
         """Reconstructions in [0, 1] of shape (N, repeats, C, H, W), with the scores, for inspection."""
+        self._check_calibrated()
         recs, scores, preds = [], [], []
         for xb, yb, kb, m in self._micro_batches(x, labels, keys):
-            s, p, r = self._score_batch(xb, yb, kb, keep_reconstructions=True)
+            change, p, energy, r = self._score_batch(xb, yb, kb, keep_reconstructions=True)
             recs.append(r[:m].cpu())
-            scores.append(s[:m])
+            scores.append(self._final_score(change, energy)[:m])
             preds.append(p[:m])
         return torch.cat(recs), DiffOODOutput(torch.cat(scores).cpu(), torch.cat(preds).cpu())
+
+    @torch.no_grad()
+    def calibrate(self, batches: Union[torch.Tensor, Iterable[torch.Tensor]]) -> Calibration:
+        """Fit ``combine: energy``'s statistics on ID validation images (a batch or an iterable of batches of
+        normalized images) for the current settings; scoring with other settings needs a new calibration."""
+        changes, energies = [], []
+        for x in [batches] if isinstance(batches, torch.Tensor) else batches:
+            for xb, yb, kb, m in self._micro_batches(x, None, None):
+                change, _, energy, _ = self._score_batch(xb, yb, kb, keep_reconstructions=False)
+                changes.append(change[:m].cpu())
+                energies.append(energy[:m].cpu())
+        if not changes:
+            raise ValueError("calibrate got no images: pass ID validation images (OpenOOD: the ID 'val' loader)")
+        self.calibration = Calibration.fit(torch.cat(changes), torch.cat(energies))
+        self._calibrated_for = self._calibration_key()
+        return self.calibration
+
+    def _calibration_key(self) -> dict:
+        return {k: v for k, v in self.settings.as_dict().items() if k != "combine"}
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the calibration (if any) was fitted under the current settings."""
+        return self.calibration is not None and self._calibrated_for == self._calibration_key()
+
+    def _check_calibrated(self) -> None:
+        if self.settings.combine is not None and not self.calibrated:
+            raise ValueError(
+                f"combine={self.settings.combine!r} needs ID validation statistics for the current settings: call "
+                "engine.calibrate(id_val_images) first (the OpenOOD postprocessor does it with its ID val loader), "
+                "or set combine=None for the paper's score")
+
+    def _final_score(self, change: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
+        if self.settings.combine is None:
+            return change
+        return self.calibration.combine(change, energy).to(change.device)
 
     # ------------------------------------------------------------------ internals
     def _micro_batches(self, x: torch.Tensor, labels: Optional[torch.Tensor],
@@ -258,7 +299,9 @@ class DiffOOD:
         return self.classifier.logits_and_features(x_norm, settings)
 
     def _score_batch(self, x: torch.Tensor, labels: Optional[torch.Tensor], keys: Sequence[Hashable],
-                     keep_reconstructions: bool) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+                     keep_reconstructions: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                          Optional[torch.Tensor]]:
+        """(change, prediction, energy score, reconstructions or None) of one micro-batch."""
         s, d = self.settings, self.diffusion
         x = x.to(self.device, non_blocking=True)
         n, r = x.shape[0], s.repeats
@@ -269,12 +312,12 @@ class DiffOOD:
         if s.timestep == 0:  # no noise, no steps: the reconstruction is the input itself
             rec_feat = feat.unsqueeze(1).expand(n, r, *feat.shape[1:])
             recs = self.unnormalize(x).unsqueeze(1).expand(n, r, *x.shape[1:]) if keep_reconstructions else None
-            return feature_change(feat, rec_feat), pred, recs
+            return feature_change(feat, rec_feat), pred, energy_score(logits), recs
         rec01 = self._round_trip(x, self._diffusion_labels(cond), keys)
         _, rec_feat = self.features(self.normalize(rec01))
-        score = feature_change(feat, rec_feat.view(n, r, -1))
+        change = feature_change(feat, rec_feat.view(n, r, -1))
         recs = rec01.view(n, r, *rec01.shape[1:]) if keep_reconstructions else None
-        return score, pred, recs
+        return change, pred, energy_score(logits), recs
 
     def _diffusion_labels(self, cond: torch.Tensor) -> Optional[torch.Tensor]:
         """Classifier classes -> the diffusion model's class ids (through ``class_map`` when given)."""

@@ -10,7 +10,7 @@ import time
 import warnings
 import zlib
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -119,6 +119,19 @@ def normalized_batches(images: np.ndarray, mean: Sequence[float], std: Sequence[
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).permute(0, 3, 1, 2).float() / 255
         yield (x - m) / s
+
+
+#: ID images (from the fit set) that calibrate ``combine: energy`` in the ``eval`` command.
+CALIBRATION_IMAGES = 1000
+
+
+def calibration_batches(bench: Benchmark, batch_size: Union[int, str], seed: int) -> Iterator[torch.Tensor]:
+    """Normalized batches of up to CALIBRATION_IMAGES fit-set images (fixed by ``seed``) for ``DiffOOD.calibrate``."""
+    if bench.fit is None:
+        raise ValueError("combine: energy calibrates on ID images: give --fit-data (ID training images; up to "
+                         f"{CALIBRATION_IMAGES} are used) or leave --combine out")
+    images = bench.fit.limited(CALIBRATION_IMAGES, seed).images
+    return normalized_batches(images, bench.mean, bench.std, batch_size if isinstance(batch_size, int) else 64)
 
 
 class DiffOODMethod:

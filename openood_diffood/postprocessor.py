@@ -7,13 +7,14 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from ._openood import require_openood
 
 BasePostprocessor = require_openood("openood.postprocessors.base_postprocessor").BasePostprocessor
 
 from .cache import ScoreCache, engine_identity  # noqa: E402
-from .distributed import init_from_env, local_device, score_loader  # noqa: E402
+from .distributed import init_from_env, local_device, rank_and_world, score_loader  # noqa: E402
 from .engine import DiffOOD  # noqa: E402
 from .settings import DATASET_STATS, DiffOODSettings  # noqa: E402
 
@@ -70,10 +71,14 @@ class DiffOODPostprocessor(BasePostprocessor):
         self.APS_mode = bool(_get(pp, "APS_mode", False))
         self.hyperparam_search_done = False
         self.engine: Optional[DiffOOD] = None
+        self.id_val_loader: Any = None
 
     def setup(self, net: nn.Module, id_loader_dict: Any = None, ood_loader_dict: Any = None) -> None:
-        """Load the diffusion model once and bind the classifier (test loaders are never touched)."""
+        """Load the diffusion model once and bind the classifier (test loaders are never touched; with
+        ``combine: energy`` the ID val loader calibrates the combination)."""
         net.eval()
+        if _get(id_loader_dict, "val") is not None:
+            self.id_val_loader = id_loader_dict["val"]
         if self.engine is not None and self.engine.classifier.net is net:
             return
         if not self.diffusion_path:
@@ -90,7 +95,18 @@ class DiffOODPostprocessor(BasePostprocessor):
         if self.engine is None or self.engine.classifier.net is not net:
             self.setup(net)
         self.engine.settings = self.settings
+        if self.settings.combine is not None and not self.engine.calibrated:
+            self._calibrate()
         return self.engine
+
+    def _calibrate(self) -> None:
+        """Fit ``combine``'s ID statistics on the ID val loader under the current settings."""
+        if self.id_val_loader is None:
+            raise ValueError(f"combine: {self.settings.combine} needs ID validation images: call setup(net, "
+                             "id_loader_dict) with a 'val' loader (OpenOOD's Evaluator does), or set combine: null")
+        batches = (batch["data"] for batch in tqdm(self.id_val_loader, desc="diffood: calibrating on ID val",
+                                                     disable=rank_and_world()[0] != 0, leave=False))
+        self.engine.calibrate(batches)
 
     @torch.no_grad()
     def postprocess(self, net: nn.Module, data: Any) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -17,6 +17,8 @@ DATASET_STATS: dict[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = {
 SPACES = ("logit", "feature", "image")
 _LAYER = re.compile(r"^layer(\d+)$")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Values of ``combine`` (see :mod:`openood_diffood.calibration`).
+COMBINES = (None, "energy")
 
 
 def dataset_stats(dataset: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
@@ -49,6 +51,9 @@ class DiffOODSettings:
         (bilinear, antialiased); when False such inputs are an error.
     class_map: diffusion class id for each classifier class, when the two class sets differ
         (e.g. an ImageNet-200 classifier with a 1000-class diffusion model).
+    combine: None (the paper's score) or ``energy``: the change plus the classifier's energy score, each
+        z-normalised on ID validation images (:meth:`DiffOOD.calibrate`; the OpenOOD postprocessor uses its ID val
+        loader).
     """
 
     timestep: int = 300
@@ -65,6 +70,7 @@ class DiffOODSettings:
     dataset: str = "cifar10"
     resize: bool = False
     class_map: Optional[Sequence[int]] = None
+    combine: Optional[str] = None
 
     def __post_init__(self) -> None:
         self.timestep, self.repeats, self.stride, self.seed = (
@@ -84,6 +90,8 @@ class DiffOODSettings:
             raise ValueError(f"space must be one of {SPACES} or 'layer<k>', got {self.space!r}")
         if self.threshold is not None and self.space != "feature":
             raise ValueError("threshold (ReAct-style clip) applies to space='feature' only")
+        if self.combine not in COMBINES:
+            raise ValueError(f"combine must be one of {COMBINES}, got {self.combine!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if (self.mean is None) != (self.std is None):

@@ -54,8 +54,8 @@ def test_combinations_fitted_on_id_validation_by_hand():
     energy = np.array([-10.0, -8.0, -6.0, -4.0])
     pred = np.array([0, 0, 1, 1])
     cands = improvement_candidates({"id": change}, energy, pred, classes=2)
-    z = cands["change + energy (z on ID val)"](np.array([2.5]), np.array([-7.0]), np.array([0]))
-    assert z == pytest.approx((2.5 - 2.5) / np.std(change) + (-7.0 + 7.0) / np.std(energy))
+    z = cands["change + energy (z on ID val)"](np.array([3.0]), np.array([-6.0]), np.array([0]))
+    assert z == pytest.approx([(3.0 - 2.5) / np.std(change, ddof=1) + (-6.0 + 7.0) / np.std(energy, ddof=1)])
     rank = cands["change + energy (rank on ID val)"](np.array([2.0, 5.0]), np.array([-9.0, 0.0]), np.array([0, 1]))
     assert rank == pytest.approx([2 / 4 + 1 / 4, 1 + 1])
     # class means 1.5 and 3.5, pooled within-class std 0.5

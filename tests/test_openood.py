@@ -65,8 +65,8 @@ def test_without_openood_the_engine_imports_and_openood_entry_points_explain():
     assert len(lines) == 2 and all("git clone https://github.com/Jingkang50/OpenOOD" in l for l in lines)
 
 
-@needs_openood
-def test_postprocessor_contract(tmp_path, tiny_diffusion_dir):
+def diffood_postprocessor(config_root: Path, diffusion_dir: Path):
+    """OpenOOD's get_postprocessor('diffood') for CIFAR-10 with the model from DIFFOOD_DIFFUSION (shims installed)."""
     import openood_shims
 
     openood_shims.install()
@@ -75,11 +75,18 @@ def test_postprocessor_contract(tmp_path, tiny_diffusion_dir):
     openood_diffood.register()
     from openood.evaluation_api.postprocessor import get_postprocessor
 
-    os.environ["DIFFOOD_DIFFUSION"] = str(tiny_diffusion_dir)
+    os.environ["DIFFOOD_DIFFUSION"] = str(diffusion_dir)
     try:
-        pp = get_postprocessor(str(tmp_path / "no_configs_here"), "diffood", "cifar10")
+        return get_postprocessor(str(config_root), "diffood", "cifar10")
     finally:
         del os.environ["DIFFOOD_DIFFUSION"]
+
+
+@needs_openood
+def test_postprocessor_contract(tmp_path, tiny_diffusion_dir):
+    import openood_diffood
+
+    pp = diffood_postprocessor(tmp_path / "no_configs_here", tiny_diffusion_dir)
     assert not (tmp_path / "no_configs_here").exists()  # nothing was written or downloaded
     assert pp.APS_mode is False and pp.hyperparam_search_done is False
     net = TinyNet().train()

@@ -1,0 +1,92 @@
+"""combine='energy': the change plus the energy score, z-normalised on ID validation images."""
+import numpy as np
+import pytest
+import torch
+
+from openood_diffood import DiffOOD, DiffOODSettings, load_diffusion
+from openood_diffood.cache import engine_identity
+from openood_diffood.calibration import Calibration, energy_score
+from test_openood import diffood_postprocessor, needs_openood
+
+SMALL = dict(timestep=100, stride=50, repeats=2, guidance=3.0)
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_diffusion_dir):
+    return load_diffusion(tiny_diffusion_dir)
+
+
+def test_calibration_by_hand():
+    cal = Calibration.fit(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([-4.0, -2.0, 0.0]))
+    assert (cal.change_mean, cal.change_std, cal.energy_mean, cal.energy_std, cal.count) == (2.0, 1.0, -2.0, 2.0, 3)
+    torch.testing.assert_close(cal.combine(torch.tensor([4.0, 2.0]), torch.tensor([-2.0, -6.0])),
+                               torch.tensor([2.0 + 0.0, 0.0 - 2.0]))
+    torch.testing.assert_close(energy_score(torch.tensor([[0.0, 0.0]])), -torch.log(torch.tensor([2.0])))
+    with pytest.raises(ValueError, match="at least two"):
+        Calibration.fit(torch.tensor([1.0]), torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="zero spread"):
+        Calibration.fit(torch.ones(4), torch.arange(4.0))
+    with pytest.raises(ValueError, match="combine must be one of"):
+        DiffOODSettings(combine="knn")
+
+
+def test_engine_combines_on_its_calibration(tiny_net, backend, images):
+    val, test = images[:5], images[5:]
+    engine = DiffOOD(tiny_net, backend, combine="energy", **SMALL)
+    with pytest.raises(ValueError, match="calibrate"):
+        engine.score(test)
+    plain = DiffOOD(tiny_net, backend, **SMALL)
+    with torch.no_grad():
+        energy_val, energy_test = energy_score(tiny_net(val)), energy_score(tiny_net(test))
+    change_val, change_test = plain.score(val).score, plain.score(test).score
+    cal = engine.calibrate(iter([val[:2], val[2:]]))  # an iterable of batches
+    assert cal.count == 5 and engine.calibrated
+    assert cal.change_mean == pytest.approx(change_val.double().mean().item(), rel=1e-5)
+    assert cal.energy_std == pytest.approx(energy_val.double().std().item(), rel=1e-5)
+    expected = ((change_test - change_val.mean()) / change_val.std()
+                + (energy_test - energy_val.mean()) / energy_val.std())
+    torch.testing.assert_close(engine.score(test).score, expected, rtol=1e-4, atol=1e-4)
+    engine.settings = engine.settings.replace(timestep=60)  # statistics of another setting do not carry over
+    assert not engine.calibrated
+    with pytest.raises(ValueError, match="current settings"):
+        engine.score(test)
+
+
+def test_cache_key_covers_the_calibration(tiny_net, backend, images):
+    engine = DiffOOD(tiny_net, backend, combine="energy", **SMALL)
+    engine.calibrate(images[:4])
+    first = engine_identity(engine)
+    engine.calibrate(images[4:])
+    assert engine_identity(engine) != first and first["calibration"]["count"] == 4
+    assert "calibration" not in engine_identity(DiffOOD(tiny_net, backend, **SMALL))
+
+
+def test_detector_fit_calibrates(tiny_net, backend, images):
+    from openood_diffood.detector import DiffOODDetector
+
+    det = DiffOODDetector(tiny_net, backend, combine="energy", **SMALL)
+    with pytest.raises(ValueError, match="fit"):
+        det.fit(None)
+    det.fit([(images[:4], torch.zeros(4)), (images[4:6], torch.zeros(2))])
+    assert det.engine.calibration.count == 6 and det.predict(images[6:]).shape == (2,)
+
+
+@needs_openood
+def test_postprocessor_calibrates_on_the_id_val_loader_and_again_after_aps_changes(tiny_diffusion_dir, tmp_path):
+    from conftest import TinyNet
+
+    pp = diffood_postprocessor(tmp_path, tiny_diffusion_dir)
+    pp.settings = pp.settings.replace(combine="energy", **SMALL)
+    net = TinyNet()
+    g = torch.Generator().manual_seed(3)
+    val = [{"data": torch.randn(4, 3, 8, 8, generator=g) * 0.5, "label": torch.arange(4) % 3} for _ in range(2)]
+    test = [{"data": torch.randn(3, 3, 8, 8, generator=g) * 0.5, "label": torch.full((3,), -1)}]
+    pp.setup(net, {"train": val, "val": val, "test": None}, {"val": test})
+    _, conf, _ = pp.inference(net, test, progress=False)
+    ref = DiffOOD(net, pp.engine.diffusion, pp.settings)
+    ref.calibrate(torch.cat([b["data"] for b in val]))
+    np.testing.assert_allclose(conf, -ref.score(test[0]["data"]).score.numpy(), atol=1e-5)
+    pp.args_dict = {"timestep_list": [60]}
+    pp.set_hyperparam([60])
+    _, conf60, _ = pp.inference(net, test, progress=False)  # recalibrated under t = 60
+    assert pp.engine.calibrated and pp.engine.settings.timestep == 60 and not np.allclose(conf60, conf)
