@@ -90,3 +90,19 @@ def test_postprocessor_calibrates_on_the_id_val_loader_and_again_after_aps_chang
     pp.set_hyperparam([60])
     _, conf60, _ = pp.inference(net, test, progress=False)  # recalibrated under t = 60
     assert pp.engine.calibrated and pp.engine.settings.timestep == 60 and not np.allclose(conf60, conf)
+
+
+def test_eval_calibrates_on_up_to_1000_fit_images():
+    from openood_diffood.evaluation import CALIBRATION_IMAGES, Benchmark, ImageSet, calibration_batches
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (1200, 8, 8, 3), dtype=np.uint8)
+    labels = np.zeros(1200, dtype=np.int64)
+    bench = Benchmark(ImageSet("id", images[:4], labels[:4]), {"near": [ImageSet("ood", images[4:8])]},
+                      (0.5,) * 3, (0.25,) * 3)
+    with pytest.raises(ValueError, match="--fit-data"):
+        calibration_batches(bench, 64, 0)
+    bench.fit = ImageSet("fit", images, labels)
+    batches = list(calibration_batches(bench, 300, 0))
+    assert [b.shape[0] for b in batches] == [300, 300, 300, 100] and CALIBRATION_IMAGES == 1000
+    assert batches[0].shape[1:] == (3, 8, 8) and abs(float(batches[0].mean())) < 0.2  # normalized: ~ (u - .5) / .25
