@@ -31,7 +31,9 @@ def _digest(data: bytes) -> str:
 def reconstructions(engine: DiffOOD, images: np.ndarray, cache_dir: str, chunk: int = 20,
                     desc: str = "") -> Tuple[np.ndarray, np.ndarray]:
     """(reconstructions float32 (N, R, C, H, W) in [0, 1], predictions (N,)) of uint8 NHWC ``images``."""
-    folder = Path(cache_dir) / _digest(json.dumps(engine_identity(engine), sort_keys=True).encode())
+    identity = engine_identity(engine)
+    identity["settings"].pop("combine")  # a scoring option: the reconstructions do not depend on it
+    folder = Path(cache_dir) / _digest(json.dumps(identity, sort_keys=True).encode())
     folder.mkdir(parents=True, exist_ok=True)
     s = engine.settings
     recs, preds = [], []
