@@ -66,6 +66,11 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
+def _summary_table(first: str, results: Mapping[str, MethodResult], near: Sequence[str], far: Sequence[str]) -> str:
+    return _md_table([first, *near, *far, "near", "far", "mean near/far", "near FPR@95", "far FPR@95", "ID acc"],
+                     _summary_rows(results, near, far))
+
+
 def _summary_rows(results: Mapping[str, MethodResult], near: Sequence[str], far: Sequence[str]) -> List[List[str]]:
     rows = []
     for m, r in results.items():
@@ -303,8 +308,7 @@ def _markdown(args, sets, main, val_settings, meta, results, table3, n_correct, 
         "",
         "## OpenOOD table (AUROC %, test sets)",
         "",
-        _md_table(["method", *near, *far, "near", "far", "mean near/far", "near FPR@95", "far FPR@95", "ID acc"],
-                  _summary_rows(results, near, far)),
+        _summary_table("method", results, near, far),
         "",
         "Where DiffOOD loses:",
         "",
@@ -332,8 +336,7 @@ def _markdown(args, sets, main, val_settings, meta, results, table3, n_correct, 
         "",
         "Every candidate on the test sets (reported whether chosen or not):",
         "",
-        _md_table(["candidate", *near, *far, "near", "far", "mean near/far", "near FPR@95", "far FPR@95", "ID acc"],
-                  _summary_rows(cand_results, near, far)),
+        _summary_table("candidate", cand_results, near, far),
         "",
         "## Ablations (validation: cifar10_val vs tin_val, AUROC % ± bootstrap std)",
         "",
