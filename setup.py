@@ -9,7 +9,7 @@ PTH = "openood_diffood.pth"
 
 
 class BuildWithStartupHook(build_py):
-    """Also ship ``openood_diffood.pth``, which registers ``diffood`` when OpenOOD is imported."""
+    """Also ship ``openood_diffood.pth``, which loads the start-up hook (``openood_diffood.openood.hook``)."""
 
     def run(self):
         super().run()
@@ -21,13 +21,13 @@ class BuildWithStartupHook(build_py):
 
 setup(
     name="openood-diffood",
-    version="0.1.0",
+    version=next(line.split('"')[1] for line in open(os.path.join(HERE, "openood_diffood", "version.py"))
+                 if line.startswith("__version__")),
     description="DiffOOD (diffusion denoising for OOD detection) as an OpenOOD v1.5 postprocessor",
     long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["openood_diffood", "openood_diffood.*"]),
-    py_modules=["openood_diffood_hook"],
     package_data={"openood_diffood": ["configs/postprocessors/*.yml", "assets/**/*"]},
     install_requires=[
         "torch>=2.1,<=2.14.1",

@@ -1,22 +1,25 @@
 """openood-diffood: DiffOOD (Liu et al., arXiv 2211.11255) as an engine and an OpenOOD v1.5 postprocessor.
 
-Public API: :class:`DiffOOD` (the engine), :class:`DiffOODSettings`, :class:`Classifier` (adapter),
-:func:`load_diffusion`, :class:`DiffOODPostprocessor` (needs OpenOOD) and :func:`register`.
+Public API (imported on first use, so ``import openood_diffood`` stays light and never imports OpenOOD):
+:class:`DiffOOD` (the engine) and :class:`DiffOODOutput`; :class:`DiffOODSettings` (what changes a score) and
+:class:`RunOptions` (how it runs); :func:`load_diffusion`; :class:`DiffOODPostprocessor` and :func:`register`
+(need OpenOOD); :class:`DiffOODDetector` (pytorch-ood).
 """
-from .classifier import Classifier
-from .diffusion import DiffusionBackend, load_diffusion
-from .engine import DiffOOD, DiffOODOutput
-from .registry import register
-from .settings import DiffOODSettings
+from importlib import import_module
 
-__all__ = ["DiffOOD", "DiffOODOutput", "DiffOODSettings", "Classifier", "DiffusionBackend", "load_diffusion",
-           "DiffOODPostprocessor", "register"]
-__version__ = "0.1.0"
+from .version import __version__
+
+_EXPORTS = {
+    "DiffOOD": "runtime.engine", "DiffOODOutput": "runtime.engine",
+    "DiffOODSettings": "config", "RunOptions": "config",
+    "load_diffusion": "models.loading",
+    "DiffOODPostprocessor": "openood.postprocessor", "register": "openood.registry",
+    "DiffOODDetector": "detector",
+}
+__all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str):
-    if name == "DiffOODPostprocessor":  # imported lazily: it needs OpenOOD
-        from .postprocessor import DiffOODPostprocessor
-
-        return DiffOODPostprocessor
-    raise AttributeError(f"module 'openood_diffood' has no attribute {name!r}")
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'openood_diffood' has no attribute {name!r}")
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)

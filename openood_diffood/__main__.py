@@ -1,4 +1,4 @@
-"""``python -m openood_diffood``: see :mod:`openood_diffood.cli`."""
+"""``python -m openood_diffood``."""
 import sys
 
 from .cli import main

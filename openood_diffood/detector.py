@@ -8,16 +8,20 @@ import torch
 from torch import nn
 from pytorch_ood.api import Detector, DetectorInfo, Paper, Task
 
-from .diffusion import DiffusionBackend
-from .engine import DiffOOD
-from .settings import DiffOODSettings
+from .config import DiffOODSettings
+from .models.diffusion import DiffusionBackend
+from .runtime.engine import DiffOOD
 
 
 class DiffOODDetector(Detector):
-    """pytorch-ood detector around :class:`~openood_diffood.DiffOOD` (no fitting; higher score = more OOD).
+    """DiffOOD (Liu et al., arXiv 2211.11255) as a pytorch-ood detector; higher score = more OOD:
 
-    ``predict(x)`` takes images normalized as the classifier expects (``settings.mean`` / ``settings.std``).
-    Build it from an engine, or from ``(classifier, diffusion)`` plus the engine's keyword arguments.
+        score(x) = 1/R sum_r || n(g(x)) - n(g(x_r)) ||_1,   x_r = DDIM(sqrt(abar_t) x + sqrt(1 - abar_t) eps_r | y, w)
+
+    with y = argmax f(x), guided noise eps_null + w (eps_y - eps_null), n the L2 normalization and g the chosen
+    feature space (see :mod:`openood_diffood.method.diffood`). No fitting (``combine: energy`` calibrates on ID
+    data in :meth:`fit`). ``predict(x)`` takes images normalized as the classifier expects. Build it from an
+    engine, or from ``(classifier, diffusion)`` plus the engine's keyword arguments.
     """
 
     info = DetectorInfo(
@@ -45,10 +49,10 @@ class DiffOODDetector(Detector):
         return self.engine.device
 
     def to(self, device: Union[str, torch.device]) -> "DiffOODDetector":
-        """Move the classifier and the diffusion model."""
-        self.engine.device = torch.device(device)
-        self.engine.classifier.to(self.engine.device)
-        self.engine.diffusion.to(self.engine.device)
+        """Run on ``device`` (a new engine there when it differs)."""
+        if torch.device(device) != self.engine.device:
+            e = self.engine
+            self.engine = DiffOOD(e.classifier, e.diffusion, e.settings, e.options.replace(device=str(device)))
         return self
 
     def fit(self, data_loader: Any = None) -> "DiffOODDetector":

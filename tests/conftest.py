@@ -5,7 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel, UNet2DModel
 from torch import nn
+
+from openood_diffood.method.normalization import DATASET_STATS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,12 +26,65 @@ def shared_data() -> Path:
     return path
 
 
+def tiny_scheduler() -> DDIMScheduler:
+    """The linear-beta scheduler of the tiny latent models."""
+    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                         clip_sample=False)
+
+
+def _vae(latent_channels=4) -> AutoencoderKL:
+    """Four resolution levels: downsampling factor 8, as the Stable Diffusion VAE of DiT."""
+    return AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                         block_out_channels=(8, 8, 8, 8), latent_channels=latent_channels, norm_num_groups=4,
+                         sample_size=256, scaling_factor=0.18215)
+
+
+def _perturb(model, scale=0.05):
+    """Random but not zero-initialised outputs (DiT zero-inits its final layer and adaLN gates)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return model
+
+
+def write_tiny_dit(path: Path, classes=10, seed=0) -> Path:
+    """transformer/ + vae/ + scheduler/ + model_index.json, as DiTPipeline.save_pretrained writes them."""
+    torch.manual_seed(seed)
+    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                num_layers=2, sample_size=32, patch_size=2, num_embeds_ada_norm=classes)
+    DiTPipeline(transformer=_perturb(dit), vae=_vae(), scheduler=tiny_scheduler()).save_pretrained(path)
+    return path
+
+
+def write_tiny_latent_unet(path: Path, classes=3, in_channels=4, seed=0) -> Path:
+    """unet/ (class-conditional UNet2DModel on 32x32 latents) + vae/ + scheduler/."""
+    torch.manual_seed(seed)
+    unet = UNet2DModel(sample_size=32, in_channels=in_channels, out_channels=in_channels, layers_per_block=1,
+                       block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4, num_class_embeds=classes + 1)
+    _perturb(unet).save_pretrained(path / "unet")
+    _vae().save_pretrained(path / "vae")
+    tiny_scheduler().save_pretrained(path / "scheduler")
+    return path
+
+
+def imagenet_normalized(x01: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] normalized with ImageNet's statistics."""
+    mean, std = DATASET_STATS["imagenet"]
+    return (x01 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def imagenet_images(n=2, size=224, seed=3) -> torch.Tensor:
+    """``n`` random normalized ImageNet-size images."""
+    return imagenet_normalized(torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)))
+
+
 def write_tiny_diffusion(path: Path, num_classes=3, sample_size=8, channels=3, seed=0) -> Path:
     """A tiny randomly initialised UNet2DModel (+ DDPMScheduler) saved with save_pretrained.
 
     num_classes=None writes an unconditional model; otherwise num_class_embeds = num_classes + 1 (null last).
     """
-    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers import DDPMScheduler
 
     torch.manual_seed(seed)
     unet = UNet2DModel(sample_size=sample_size, in_channels=channels, out_channels=channels, layers_per_block=1,

@@ -1,5 +1,4 @@
 """Score cache: an interrupted run resumes with identical scores and recomputes nothing that finished."""
-import importlib.util
 import os
 
 import numpy as np
@@ -9,8 +8,8 @@ from torch.utils.data import DataLoader
 
 from conftest import DictDataset, TinyNet
 from openood_diffood import DiffOOD, load_diffusion
-from openood_diffood.cache import ScoreCache, atomic_write, engine_identity, image_digests, module_fingerprint
-from openood_diffood.distributed import score_loader
+from openood_diffood.runtime.cache import ScoreCache, atomic_write, image_digests, module_fingerprint
+from openood_diffood.runtime.distributed import score_loader
 
 SETTINGS = dict(timestep=100, stride=50, repeats=2, guidance=2.0)  # 2 network calls per micro-batch
 
@@ -44,35 +43,35 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, tiny_net, tiny_di
     reference, _ = _counting_engine(tiny_net, tiny_diffusion_dir)
     expected = score_loader(reference, loader, progress=False)
 
-    engine, calls = _counting_engine(tiny_net, tiny_diffusion_dir, fail_after=5)  # dies in the third batch
+    engine, calls = _counting_engine(tiny_net, tiny_diffusion_dir, fail_after=5, cache_dir=tmp_path)  # dies in batch 3
     with pytest.raises(Interrupt):
-        score_loader(engine, loader, ScoreCache(tmp_path, engine_identity(engine)), progress=False)
+        score_loader(engine, loader, progress=False)
     (key_dir,) = [p for p in tmp_path.iterdir()]
     assert len(list(key_dir.glob("unit-*.npz"))) == 2 and not list(key_dir.glob("*.tmp"))
 
-    engine, calls = _counting_engine(tiny_net, tiny_diffusion_dir)  # a fresh process would start like this
-    resumed = score_loader(engine, loader, ScoreCache(tmp_path, engine_identity(engine)), progress=False)
+    engine, calls = _counting_engine(tiny_net, tiny_diffusion_dir, cache_dir=tmp_path)  # as a fresh process would
+    resumed = score_loader(engine, loader, progress=False)
     assert calls == [2 * 2 * 2] * 2  # only the unfinished batch (2 images x 2 repeats x guidance pair), 2 steps
     for a, b in zip(resumed, expected):
         np.testing.assert_array_equal(a, b)
 
-    engine, calls = _counting_engine(tiny_net, tiny_diffusion_dir)
-    again = score_loader(engine, loader, ScoreCache(tmp_path, engine_identity(engine)), progress=False)
+    engine, calls = _counting_engine(tiny_net, tiny_diffusion_dir, cache_dir=tmp_path)
+    again = score_loader(engine, loader, progress=False)
     assert calls == []  # a finished dataset is never recomputed
     for a, b in zip(again, expected):
         np.testing.assert_array_equal(a, b)
     # images are found whatever the batching or order
-    engine, calls = _counting_engine(tiny_net, tiny_diffusion_dir)
+    engine, calls = _counting_engine(tiny_net, tiny_diffusion_dir, cache_dir=tmp_path)
     batches = [{"data": torch.stack([loader.dataset[i]["data"] for i in idx]), "label": torch.zeros(len(idx))}
                for idx in ([9, 0, 1], [5, 4, 3, 2, 8, 7, 6])]
-    scores, _, _ = score_loader(engine, batches, ScoreCache(tmp_path, engine_identity(engine)), progress=False)
+    scores, _, _ = score_loader(engine, batches, progress=False)
     assert calls == []
     np.testing.assert_array_equal(scores, expected[0][[9, 0, 1, 5, 4, 3, 2, 8, 7, 6]])
 
 
 def test_cache_key_covers_settings_and_both_models(tmp_path, tiny_net, tiny_diffusion_dir):
     def key_dir(engine):
-        return ScoreCache(tmp_path, engine_identity(engine)).dir
+        return ScoreCache(tmp_path, engine.identity()).dir
 
     base = key_dir(DiffOOD(tiny_net, load_diffusion(tiny_diffusion_dir), **SETTINGS))
     # the same models and settings, loaded again and run differently: the same scores, the same key
@@ -125,19 +124,32 @@ def testatomic_write_leaves_nothing_when_interrupted(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.skipif(importlib.util.find_spec("openood") is None, reason="OpenOOD is not installed")
+def test_identity_is_computed_once_per_engine(tiny_net, tiny_diffusion_dir, monkeypatch):
+    """The models' fingerprints (gigabytes of hashing for a DiT-XL) are taken once, not per set or APS step."""
+    from openood_diffood.runtime import engine as engine_module
+
+    hashed = []
+    fingerprint = engine_module.module_fingerprint
+    monkeypatch.setattr(engine_module, "module_fingerprint", lambda m: hashed.append(m) or fingerprint(m))
+    engine = DiffOOD(tiny_net, load_diffusion(tiny_diffusion_dir), **SETTINGS)
+    first = engine.identity()
+    for view in (engine, engine.replace(guidance=1.0), engine.replace(timestep=50).replace(repeats=1)):
+        view.identity()
+    assert len(hashed) == 2  # the classifier and the diffusion model, once
+    assert engine.replace(guidance=1.0).identity()["settings"]["guidance"] == 1.0
+    assert engine.identity() == first
+
+
 def test_postprocessor_inference_uses_the_cache_dir(tmp_path, tiny_diffusion_dir, tiny_net, loader, monkeypatch):
-    import openood_shims
+    from openood_diffood import register
 
-    openood_shims.install()
-    import openood_diffood
-
-    openood_diffood.register()
+    register()
     from openood.evaluation_api.postprocessor import get_postprocessor
 
     monkeypatch.setenv("DIFFOOD_DIFFUSION", str(tiny_diffusion_dir))
     monkeypatch.setenv("DIFFOOD_CACHE_DIR", str(tmp_path / "cache"))
     pp = get_postprocessor(str(tmp_path / "no_configs_here"), "diffood", "cifar10")
+    pp.set_hyperparam([])  # no sweep keys: nothing changes
     pp.settings = pp.settings.replace(**SETTINGS)
     first = pp.inference(tiny_net, loader, progress=False)
     assert len(list((tmp_path / "cache").glob("*/unit-*.npz"))) > 0

@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from openood_diffood import DiffOOD, DiffOODSettings, load_diffusion
-from openood_diffood.cache import engine_identity
-from openood_diffood.calibration import Calibration, energy_score
-from test_openood import diffood_postprocessor, needs_openood
+from openood_diffood.evaluate.benchmark import CALIBRATION_IMAGES, Benchmark, ImageSet, calibration_batches
+from openood_diffood.method.calibration import Calibration
+from openood_diffood.method.normalization import Normalization
+from openood_diffood.method.scoring import energy_score
+from test_openood import diffood_postprocessor
 
 SMALL = dict(timestep=100, stride=50, repeats=2, guidance=3.0)
 
@@ -40,25 +42,25 @@ def test_engine_combines_on_its_calibration(tiny_net, backend, images):
         energy_val, energy_test = energy_score(tiny_net(val)), energy_score(tiny_net(test))
     change_val, change_test = plain.score(val).score, plain.score(test).score
     cal = engine.calibrate(iter([val[:2], val[2:]]))  # an iterable of batches
-    assert cal.count == 5 and engine.calibrated
+    assert cal.count == 5 and engine.calibration is cal
     assert cal.change_mean == pytest.approx(change_val.double().mean().item(), rel=1e-5)
     assert cal.energy_std == pytest.approx(energy_val.double().std().item(), rel=1e-5)
     expected = ((change_test - change_val.mean()) / change_val.std()
                 + (energy_test - energy_val.mean()) / energy_val.std())
     torch.testing.assert_close(engine.score(test).score, expected, rtol=1e-4, atol=1e-4)
-    engine.settings = engine.settings.replace(timestep=60)  # statistics of another setting do not carry over
-    assert not engine.calibrated
+    other = engine.replace(timestep=60)  # statistics of another setting do not carry over
+    assert other.calibration is None and engine.replace(batch_size=2).calibration is cal
     with pytest.raises(ValueError, match="current settings"):
-        engine.score(test)
+        other.score(test)
 
 
 def test_cache_key_covers_the_calibration(tiny_net, backend, images):
     engine = DiffOOD(tiny_net, backend, combine="energy", **SMALL)
     engine.calibrate(images[:4])
-    first = engine_identity(engine)
+    first = engine.identity()
     engine.calibrate(images[4:])
-    assert engine_identity(engine) != first and first["calibration"]["count"] == 4
-    assert "calibration" not in engine_identity(DiffOOD(tiny_net, backend, **SMALL))
+    assert engine.identity() != first and first["calibration"]["count"] == 4
+    assert "calibration" not in DiffOOD(tiny_net, backend, **SMALL).identity()
 
 
 def test_detector_fit_calibrates(tiny_net, backend, images):
@@ -71,7 +73,6 @@ def test_detector_fit_calibrates(tiny_net, backend, images):
     assert det.engine.calibration.count == 6 and det.predict(images[6:]).shape == (2,)
 
 
-@needs_openood
 def test_postprocessor_calibrates_on_the_id_val_loader_and_again_after_aps_changes(tiny_diffusion_dir, tmp_path):
     from conftest import TinyNet
 
@@ -89,17 +90,16 @@ def test_postprocessor_calibrates_on_the_id_val_loader_and_again_after_aps_chang
     pp.args_dict = {"timestep_list": [60]}
     pp.set_hyperparam([60])
     _, conf60, _ = pp.inference(net, test, progress=False)  # recalibrated under t = 60
-    assert pp.engine.calibrated and pp.engine.settings.timestep == 60 and not np.allclose(conf60, conf)
+    assert pp.engine.calibration is not None and pp.engine.settings.timestep == 60
+    assert not np.allclose(conf60, conf)
 
 
 def test_eval_calibrates_on_up_to_1000_fit_images():
-    from openood_diffood.evaluation import CALIBRATION_IMAGES, Benchmark, ImageSet, calibration_batches
-
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (1200, 8, 8, 3), dtype=np.uint8)
     labels = np.zeros(1200, dtype=np.int64)
     bench = Benchmark(ImageSet("id", images[:4], labels[:4]), {"near": [ImageSet("ood", images[4:8])]},
-                      (0.5,) * 3, (0.25,) * 3)
+                      Normalization((0.5,) * 3, (0.25,) * 3))
     with pytest.raises(ValueError, match="--fit-data"):
         calibration_batches(bench, 64, 0)
     bench.fit = ImageSet("fit", images, labels)

@@ -1,7 +1,5 @@
 """``python -m openood_diffood eval`` / ``demo`` end to end on tiny inputs, OpenOOD data roots, and bad inputs."""
-import ast
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -16,7 +14,7 @@ from PIL import Image
 
 from conftest import REPO, write_tiny_diffusion
 from openood_diffood import cli
-from openood_diffood.networks import cifar_resnet
+from openood_diffood.models.networks import cifar_resnet
 
 METHODS = ["diffood", "msp", "ebo", "mls", "react", "vim", "knn"]
 NORM = ["--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25"]
@@ -184,14 +182,12 @@ def test_eval_on_an_openood_data_root(tiny, tmp_path, capsys):
 
 
 def test_openood_imglists_match_openood_data_info():
-    spec = importlib.util.find_spec("openood")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("OpenOOD is not installed: cannot compare with its evaluation_api/datasets.py")
-    source = (Path(list(spec.submodule_search_locations)[0]) / "evaluation_api" / "datasets.py").read_text()
-    node = next(n for n in ast.parse(source).body if isinstance(n, ast.Assign) and n.targets[0].id == "DATA_INFO")
-    info = ast.literal_eval(node.value)
-    for id_name in cli.OPENOOD_BENCHMARKS:
-        ours = cli.openood_imglists("/root", id_name)
+    from openood_diffood.evaluate.openood_data import openood_imglists
+    from openood_diffood.openood.compat import BENCHMARKS, require_openood
+
+    info = require_openood("openood.evaluation_api.datasets").DATA_INFO
+    for id_name in BENCHMARKS:
+        ours = openood_imglists("/root", id_name)
         expect = {"id": [info[id_name]["id"]["test"]], "fit": [info[id_name]["id"]["train"]],
                   "near": [info[id_name]["ood"]["near"][n] for n in info[id_name]["ood"]["near"]["datasets"]],
                   "far": [info[id_name]["ood"]["far"][n] for n in info[id_name]["ood"]["far"]["datasets"]],
@@ -199,38 +195,51 @@ def test_openood_imglists_match_openood_data_info():
         for role, entries in expect.items():
             got = [(os.path.relpath(lst, "/root"), os.path.relpath(d, "/root") + "/") for _, lst, d in ours[role]]
             assert got == [(e["imglist_path"], e["data_dir"]) for e in entries], (id_name, role)
-        assert cli.OPENOOD_BENCHMARKS[id_name][0] == info[id_name]["num_classes"]
+        assert BENCHMARKS[id_name][0] == info[id_name]["num_classes"]
 
 
 def test_settings_come_from_defaults_then_config_then_flags(tmp_path):
-    from openood_diffood.registry import config_path
+    from openood_diffood import config
+    from openood_diffood.openood.registry import config_path
 
     parser = cli.build_parser()
     args = parser.parse_args(["eval", "--config", config_path("diffood"), "--guidance", "1.5"])
-    settings, config = cli.settings_from_args(args)
+    settings, options = config.from_arguments(args)
     assert (settings.timestep, settings.guidance, settings.repeats) == (300, 1.5, 4)  # diffood.yml, then the flag
-    assert config["batch_size"] == 64 and "diffusion" in config
+    assert options.batch_size == 64 and options.diffusion is None
     flat = tmp_path / "flat.yml"
-    flat.write_text("timestep: 120\nstride: 40\nspace: feature\nthreshold: 0.5\n")
-    settings, _ = cli.settings_from_args(parser.parse_args(["eval", "--config", str(flat), "--repeats", "2"]))
+    flat.write_text("timestep: 120\nstride: 40\nspace: feature\nthreshold: 0.5\nbatch_size: auto\ncompile: true\n"
+                    f"channels_last: true\ncache_dir: {tmp_path / 'cache'}\n")
+    settings, options = config.from_arguments(parser.parse_args(["eval", "--config", str(flat), "--repeats", "2"]))
     assert (settings.timestep, settings.stride, settings.space, settings.threshold, settings.repeats) == \
         (120, 40, "feature", 0.5, 2)
-    with pytest.raises(FileNotFoundError, match="--config"):
-        cli.settings_from_args(parser.parse_args(["eval", "--config", str(tmp_path / "none.yml")]))
+    # the run options of --config are honoured (batch_size: auto used to crash, the others were ignored)
+    assert (options.batch_size, options.compile, options.channels_last, options.cache_dir) == \
+        ("auto", True, True, str(tmp_path / "cache"))
+    flags = parser.parse_args(["eval", "--config", str(flat), "--diffood-batch-size", "8", "--compile", "false"])
+    assert config.from_arguments(flags)[1].batch_size == 8 and config.from_arguments(flags)[1].compile is False
+    with pytest.raises(ValueError, match="does not exist"):
+        config.from_arguments(parser.parse_args(["eval", "--config", str(tmp_path / "none.yml")]))
+    typo = tmp_path / "typo.yml"
+    typo.write_text("postprocessor:\n  postprocessor_args:\n    timesteps: 600\n")
+    with pytest.raises(ValueError, match="unknown config key 'timesteps' \\(did you mean 'timestep'\\?\\)"):
+        config.from_arguments(parser.parse_args(["eval", "--config", str(typo)]))
 
 
 def test_classifier_loading_reads_the_class_count(tiny, tmp_path):
-    net = cli.load_classifier("cifar_resnet20", tiny["ckpt"])
+    from openood_diffood.models.classifiers import build_classifier, load_classifier
+
+    net = load_classifier("cifar_resnet20", tiny["ckpt"])
     assert net.linear.out_features == 3 and not net.training
     torch.save(torch.nn.Linear(4, 2).state_dict(), tmp_path / "linear.pt")
     with pytest.raises(ValueError, match="has no 'fc.weight'"):
-        cli.load_classifier("resnet18", str(tmp_path / "linear.pt"))
+        load_classifier("resnet18", str(tmp_path / "linear.pt"))
     with pytest.raises(ValueError, match="unknown --arch 'resnet_9000'"):
-        cli.build_classifier("resnet_9000", 10)
+        build_classifier("resnet_9000", 10)
 
 
 def test_limit_picks_the_same_subset_whatever_else_is_loaded():
-    from openood_diffood.evaluation import ImageSet
+    from openood_diffood.evaluate.benchmark import ImageSet
 
     s = ImageSet("tin", _images(50, 0), np.arange(50) % 5)
     a, b = s.limited(10, seed=0), s.limited(10, seed=0)
@@ -253,8 +262,10 @@ def test_fsood_counts_csid_sets_as_id(tiny, tmp_path, capsys):
 
 
 def test_eval_without_model_or_data_arguments_runs_the_demo(monkeypatch):
+    from openood_diffood.evaluate import command
+
     calls = []
-    monkeypatch.setattr(cli, "demo_main", lambda args: calls.append(args) or [])
+    monkeypatch.setattr(command, "demo_main", lambda args: calls.append(args) or [])
     assert cli.main(["eval", "--limit", "5", "--postprocessor", "msp"]) == 0
     assert len(calls) == 1 and calls[0].limit == 5
     assert cli.main(["eval", "--limit", "5", "--id-test", "x.npz"]) == 2 and len(calls) == 1  # data given: no demo
@@ -276,8 +287,6 @@ def test_demo_end_to_end(tmp_path):
         assert (out / name).is_file()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("openood") is None,
-                    reason="OpenOOD is not installed (pip install -e a clone of github.com/Jingkang50/OpenOOD)")
 def test_eval_with_openood_postprocessors(tiny, tmp_path):
     """With OpenOOD importable, eval's baselines are OpenOOD's own postprocessors (ODIN takes input gradients)."""
     out = tmp_path / "out"

@@ -6,8 +6,8 @@ from pytorch_ood.api import Detector
 from pytorch_ood.metrics import OODMetrics
 from torch.utils.data import DataLoader, TensorDataset
 
-from openood_diffood import DiffOOD, metrics
-from openood_diffood.detector import DiffOODDetector
+from openood_diffood import DiffOOD, DiffOODDetector
+from openood_diffood.evaluate import metrics
 
 FAST = dict(timestep=100, stride=50, repeats=1, batch_size=4)
 

@@ -8,8 +8,8 @@ from torch.utils.data import DataLoader
 
 from conftest import DictDataset, TinyNet
 from openood_diffood import DiffOOD, load_diffusion
-from openood_diffood.cache import ScoreCache, engine_identity
-from openood_diffood.distributed import gather_ordered, shard_batches, shard_range, score_loader, sharded_score
+from openood_diffood.runtime.distributed import gather_ordered, shard_batches, shard_range, score_loader, \
+    sharded_score
 
 SETTINGS = dict(timestep=100, stride=50, repeats=2, guidance=2.0)
 N = 11
@@ -31,10 +31,9 @@ def _setup(model_dir):
 
 
 def _run_all(engine, x, loader, batches, cache_dir):
-    cache = ScoreCache(cache_dir, engine_identity(engine))
     out = {f"loader_{k}": v for k, v in zip(("score", "pred", "label"), score_loader(engine, loader, progress=False))}
-    out.update({f"batches_{k}": v for k, v in zip(("score", "pred", "label"), score_loader(engine, batches, cache,
-                                                                                            progress=False))})
+    cached = score_loader(engine.replace(cache_dir=str(cache_dir)), batches, progress=False)
+    out.update({f"batches_{k}": v for k, v in zip(("score", "pred", "label"), cached)})
     tensor = sharded_score(engine, x)
     out.update(tensor_score=tensor.score.numpy(), tensor_pred=tensor.pred.numpy())
     return out
@@ -75,8 +74,7 @@ def test_two_ranks_equal_one_process(tmp_path, tiny_diffusion_dir):
     torch.set_num_threads(threads)
     calls, network = [], engine.diffusion.network
     engine.diffusion.network = lambda z, t, labels: calls.append(1) or network(z, t, labels)
-    score, _, _ = score_loader(engine, batches, ScoreCache(tmp_path / "cache", engine_identity(engine)),
-                               progress=False)
+    score, _, _ = score_loader(engine.replace(cache_dir=str(tmp_path / "cache")), batches, progress=False)
     assert calls == []
     np.testing.assert_array_equal(score, single["batches_score"])
 

@@ -1,12 +1,17 @@
-"""The DiffOOD engine against diffusers' own schedulers and hand computation (tiny models, CPU)."""
+"""The DiffOOD engine against diffusers' own scheduler and hand computation (tiny models, CPU)."""
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDPMScheduler
 
 from conftest import TinyNet, write_tiny_diffusion
-from openood_diffood import Classifier, DiffOOD, DiffOODSettings, load_diffusion
-from openood_diffood.scoring import feature_change
-from openood_diffood.solvers import add_noise, ddim_denoise, solver_timesteps
+from openood_diffood import DiffOOD, DiffOODSettings, load_diffusion
+from openood_diffood.config import ConfigError
+from openood_diffood.method.diffood import guided_noise
+from openood_diffood.method.features import Classifier
+from openood_diffood.method.noise import content_keys, sample_noise
+from openood_diffood.method.scoring import feature_change
+from openood_diffood.method.solvers import add_noise, ddim, solver_timesteps
+from openood_diffood.models.networks import resnet18_32x32
 
 
 @pytest.fixture(scope="module")
@@ -29,26 +34,6 @@ def test_noising_equals_ddpm_add_noise(backend, tiny_diffusion_dir):
     assert add_noise(x0, eps, backend.alphas_cumprod, 0) is x0
 
 
-@pytest.mark.parametrize("t,stride", [(300, 20), (100, 50), (200, 40)])
-def test_ddim_loop_equals_diffusers_ddim_scheduler(backend, tiny_diffusion_dir, t, stride):
-    """Our loop vs DDIMScheduler.set_timesteps/step (eta = 0, no clipping) started at the same timestep."""
-    sched = DDIMScheduler.from_pretrained(tiny_diffusion_dir, subfolder="scheduler", clip_sample=False,
-                                          set_alpha_to_one=False, steps_offset=0, timestep_spacing="leading")
-    sched.set_timesteps(1000 // stride)
-    steps = [int(s) for s in sched.timesteps if 0 < s <= t]
-    assert steps == solver_timesteps(t, stride) and len(steps) == t // stride
-    torch.manual_seed(0)
-    z, labels, w = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 1]), 3.0
-    expected = z.clone()
-    with torch.no_grad():
-        for s in steps:
-            eps = backend.predict_noise(expected, s, labels, w)
-            expected = sched.step(eps, s, expected, eta=0.0).prev_sample
-        ours = ddim_denoise(backend, z, t, stride, labels, w)
-    assert not torch.allclose(ours, z, atol=1e-3)  # the loop really moved the sample
-    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
-
-
 def test_guidance_combination_by_hand(backend):
     z, labels = torch.randn(3, 3, 8, 8), torch.tensor([2, 0, 1])
     t = torch.full((3,), 250)
@@ -56,7 +41,7 @@ def test_guidance_combination_by_hand(backend):
         eps_y = backend.unet(z, t, class_labels=labels).sample
         eps_null = backend.unet(z, t, class_labels=torch.full((3,), 3)).sample
         for w in (0.0, 1.0, 3.0, 6.0):
-            guided = backend.predict_noise(z, 250, labels, w)
+            guided = guided_noise(backend, labels, w)(z, 250)
             torch.testing.assert_close(guided, eps_null + w * (eps_y - eps_null), rtol=0, atol=1e-5)
 
 
@@ -68,7 +53,7 @@ def test_one_branch_when_guidance_is_zero_or_one(backend, monkeypatch):
     z, labels = torch.randn(2, 3, 8, 8), torch.tensor([2, 0])
     with torch.no_grad():
         for w in (0.0, 1.0, 3.0):
-            backend.predict_noise(z, 100, labels, w)
+            guided_noise(backend, labels, w)(z, 100)
     assert calls == [(2, [3, 3]), (2, [2, 0]), (4, [2, 0, 3, 3])]
 
 
@@ -82,18 +67,18 @@ def test_score_formula_by_hand():
 
 def test_engine_score_matches_its_parts(tiny_net, backend, images):
     """score = mean_r |n(f(x)) - n(f(D(noise_r(x))))|_1 recomputed step by step from the public pieces."""
-    from openood_diffood.noise import content_keys, sample_noise
-
     eng = DiffOOD(tiny_net, backend, timestep=100, stride=50, repeats=2, guidance=3.0, seed=7)
     out = eng.score(images)
-    x01 = eng.unnormalize(images)
+    norm = eng.settings.normalization
+    x01 = norm.unnormalize(images)
     eps = sample_noise(content_keys(x01), 7, 2, (3, 8, 8), torch.device("cpu")).reshape(16, 3, 8, 8)
     with torch.no_grad():
         logits = tiny_net(images)
         y = logits.argmax(1).repeat_interleave(2)
-        zt = add_noise((x01 * 2 - 1).repeat_interleave(2, 0), eps, backend.alphas_cumprod, 100)
-        rec01 = (ddim_denoise(backend, zt, 100, 50, y, 3.0).clamp(-1, 1) + 1) / 2
-        rec_logits = tiny_net(eng.normalize(rec01)).view(8, 2, -1)
+        zt = add_noise((x01 * 2 - 1).repeat_interleave(2, 0), eps, backend.schedule, 100)
+        rec01 = (ddim(guided_noise(backend, y, 3.0), zt, solver_timesteps(100, 50), backend.schedule).clamp(-1, 1)
+                 + 1) / 2
+        rec_logits = tiny_net(norm.normalize(rec01)).view(8, 2, -1)
     torch.testing.assert_close(out.score, feature_change(logits, rec_logits), rtol=0, atol=1e-5)
     assert torch.equal(out.pred, logits.argmax(1))
     assert (out.score > 0).all()
@@ -125,11 +110,15 @@ def test_caller_labels_condition_the_model(tiny_net, backend, images):
     assert not torch.allclose(other.score, pseudo.score)
 
 
-def test_unconditional_model_works(tmp_path, tiny_net, images):
+def test_unconditional_model_works_and_guidance_is_said_to_do_nothing(tmp_path, tiny_net, images):
     backend = load_diffusion(write_tiny_diffusion(tmp_path, num_classes=None))
     assert not backend.conditional
-    out = DiffOOD(tiny_net, backend, timestep=100, stride=50, repeats=2, guidance=3.0).score(images)
+    with pytest.warns(UserWarning, match="unconditional: guidance has no effect"):
+        engine = DiffOOD(tiny_net, backend, timestep=100, stride=50, repeats=2, guidance=3.0)
+    out = engine.score(images)
     assert out.score.shape == (8,) and torch.isfinite(out.score).all() and (out.score > 0).all()
+    same = DiffOOD(tiny_net, backend, timestep=100, stride=50, repeats=2, guidance=1.0).score(images)
+    assert torch.equal(out.score, same.score)  # guidance really has no effect
 
 
 @pytest.mark.parametrize("space,dim", [("logit", 3), ("feature", 16), ("layer1", 8 * 8 * 8), ("layer2", 16 * 4 * 4),
@@ -137,35 +126,32 @@ def test_unconditional_model_works(tmp_path, tiny_net, images):
 def test_feature_spaces(tiny_net, backend, images, space, dim):
     s = DiffOODSettings(space=space, timestep=100, stride=50, repeats=1)
     if space != "image":
-        logits, feat = Classifier(tiny_net).logits_and_features(images, s)
+        logits, feat = Classifier(tiny_net).features(images, space)
         assert feat.shape == (8, dim)
     assert torch.isfinite(DiffOOD(tiny_net, backend, s).score(images).score).all()
 
 
 def test_feature_space_is_input_of_last_linear_and_clipped(tiny_net, images):
-    s = DiffOODSettings(space="feature", threshold=0.05)
-    _, feat = Classifier(tiny_net).logits_and_features(images, s)
+    _, feat = Classifier(tiny_net).features(images, "feature", 0.05)
     expected = tiny_net.layer2(tiny_net.layer1(images)).mean((2, 3)).clip(max=0.05)
     torch.testing.assert_close(feat, expected)
 
 
 def test_openood_style_net_uses_its_feature_list():
-    from openood_diffood.networks import resnet18_32x32
-
     net = resnet18_32x32().eval()
     x = torch.randn(2, 3, 32, 32)
     clf = Classifier(net)
     assert clf.openood_style and clf.num_classes == 10
     with torch.no_grad():
-        _, layer2 = clf.logits_and_features(x, DiffOODSettings(space="layer2"))
-        _, feat = clf.logits_and_features(x, DiffOODSettings(space="feature"))
+        _, layer2 = clf.features(x, "layer2")
+        _, feat = clf.features(x, "feature")
     assert layer2.shape == (2, 128 * 16 * 16) and feat.shape == (2, 512)
 
 
 # ------------------------------------------------------------------ clear errors
 def test_error_wrong_image_size(tiny_net, backend):
     eng = DiffOOD(tiny_net, backend)
-    with pytest.raises(ValueError, match="8x8.*resize"):
+    with pytest.raises(ValueError, match="8x8.*--resize"):
         eng.score(torch.zeros(2, 3, 16, 16))
     assert DiffOOD(tiny_net, backend, timestep=40, stride=20, resize=True).score(torch.zeros(2, 3, 16, 16)).score.shape == (2,)
 
@@ -181,7 +167,9 @@ def test_error_class_count_mismatch(backend):
     ({"timestep": 1000}, "outside the diffusion model's schedule"),
     ({"timestep": 10, "stride": 20}, "stride 20 is larger than timestep 10"),
     ({"space": "logits"}, "space must be"),
-    ({"solver": "euler"}, "unknown solver"),
+    ({"solver": "euler"}, "solver must be one of ddim, dpmpp2m, plms"),
+    ({"guidance": -2}, "guidance must be >= 0"),
+    ({"timesteps": 600}, "unknown config key 'timesteps' \\(did you mean 'timestep'\\?\\)"),
 ])
 def test_error_bad_settings(tiny_net, backend, kwargs, match):
     with pytest.raises(ValueError, match=match):

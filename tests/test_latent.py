@@ -1,65 +1,23 @@
 """Latent diffusion backends (DiT and latent UNet behind an AutoencoderKL), ImageNet classifiers, class maps,
 resizing and the memory probe: tiny random models written in the real diffusers layouts, CPU only."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel, UNet2DModel
 
-from conftest import TinyNet, write_tiny_diffusion
-from openood_diffood import Classifier, DiffOOD, DiffOODSettings, load_diffusion
-from openood_diffood.diffusion import PixelUNetBackend
-from openood_diffood.imagenet import imagenet200_class_map
-from openood_diffood.latent import DiTDenoiser, LatentBackend, is_latent_layout, load_latent
-from openood_diffood.memory import fit_batch_size, suggest_batch_size
-from openood_diffood.settings import dataset_stats
-from openood_diffood.solvers import ddim_denoise
-
-MEAN, STD = dataset_stats("imagenet")
-
-
-def _scheduler() -> DDIMScheduler:
-    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                         clip_sample=False)
-
-
-def _vae(latent_channels=4) -> AutoencoderKL:
-    """Four resolution levels: downsampling factor 8, as the Stable Diffusion VAE of DiT."""
-    return AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                         block_out_channels=(8, 8, 8, 8), latent_channels=latent_channels, norm_num_groups=4,
-                         sample_size=256, scaling_factor=0.18215)
-
-
-def _perturb(model, scale=0.05):
-    """Random but not zero-initialised outputs (DiT zero-inits its final layer and adaLN gates)."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * scale)
-    return model
-
-
-def write_tiny_dit(path: Path, classes=10, seed=0) -> Path:
-    """transformer/ + vae/ + scheduler/ + model_index.json, as DiTPipeline.save_pretrained writes them."""
-    torch.manual_seed(seed)
-    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
-                                num_layers=2, sample_size=32, patch_size=2, num_embeds_ada_norm=classes)
-    DiTPipeline(transformer=_perturb(dit), vae=_vae(), scheduler=_scheduler()).save_pretrained(path)
-    return path
-
-
-def write_tiny_latent_unet(path: Path, classes=3, in_channels=4, seed=0) -> Path:
-    """unet/ (class-conditional UNet2DModel on 32x32 latents) + vae/ + scheduler/."""
-    torch.manual_seed(seed)
-    unet = UNet2DModel(sample_size=32, in_channels=in_channels, out_channels=in_channels, layers_per_block=1,
-                       block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4, num_class_embeds=classes + 1)
-    _perturb(unet).save_pretrained(path / "unet")
-    _vae().save_pretrained(path / "vae")
-    _scheduler().save_pretrained(path / "scheduler")
-    return path
+from conftest import imagenet_images as _images, tiny_scheduler, write_tiny_diffusion, write_tiny_dit, \
+    write_tiny_latent_unet
+from openood_diffood import DiffOOD, load_diffusion
+from openood_diffood.method.diffood import guided_noise
+from openood_diffood.method.features import Classifier
+from openood_diffood.method.solvers import ddim, solver_timesteps
+from openood_diffood.models.diffusion import PixelUNetBackend
+from openood_diffood.models.latent import DiTDenoiser, LatentBackend
+from openood_diffood.models.loading import is_latent_layout
+from openood_diffood.openood.imagenet import imagenet200_class_map
+from openood_diffood.runtime.memory import fit_batch_size, suggest_batch_size
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +28,6 @@ def dit_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def dit(dit_dir) -> LatentBackend:
     return load_diffusion(dit_dir)
-
-
-def _normalized(x01: torch.Tensor) -> torch.Tensor:
-    return (x01 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-
-
-def _images(n=2, size=224, seed=3) -> torch.Tensor:
-    return _normalized(torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)))
 
 
 class TinyImageNet(torch.nn.Module):
@@ -127,7 +77,7 @@ def test_hub_style_transformer_config_loads(tmp_path, dit_dir, dit):
 
 def test_latent_channel_mismatch_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="expects 3 input channels but the VAE makes 4-channel latents"):
-        load_latent(write_tiny_latent_unet(tmp_path / "bad", in_channels=3))
+        load_diffusion(write_tiny_latent_unet(tmp_path / "bad", in_channels=3))
 
 
 # ---------------------------------------------------------------------------------------------- DiT backend
@@ -135,7 +85,7 @@ def test_dit_sizes_classes_and_null_class(dit, dit_dir):
     assert (dit.sample_size, dit.latent_size, dit.vae_scale_factor) == (256, 32, 8)
     assert (dit.num_classes, dit.null_class, dit.conditional) == (10, 10, True)
     assert dit.num_train_timesteps == 1000
-    torch.testing.assert_close(dit.alphas_cumprod.float(), _scheduler().alphas_cumprod, rtol=0, atol=1e-7)
+    torch.testing.assert_close(dit.alphas_cumprod.float(), tiny_scheduler().alphas_cumprod, rtol=0, atol=1e-7)
     # null class 10 is the extra (classifier-free) row of the 11-row label table; no label predicts with it
     z, t = torch.randn(2, 4, 32, 32), torch.tensor([300, 300])
     torch.testing.assert_close(dit.network(z, t, None), dit.network(z, t, torch.tensor([10, 10])))
@@ -167,10 +117,11 @@ def test_one_guided_latent_ddim_step_equals_hand_computation(dit):
                                    class_labels=torch.tensor([3, 7, 10, 10])).sample[:, :4]
     eps_y, eps_null = raw.chunk(2)
     eps = eps_null + w * (eps_y - eps_null)
-    a_t, a_0 = _scheduler().alphas_cumprod[t].double(), _scheduler().alphas_cumprod[0].double()
+    a_t, a_0 = tiny_scheduler().alphas_cumprod[t].double(), tiny_scheduler().alphas_cumprod[0].double()
     x0 = (z.double() - (1 - a_t).sqrt() * eps.double()) / a_t.sqrt()
     expected = a_0.sqrt() * x0 + (1 - a_0).sqrt() * eps.double()
-    torch.testing.assert_close(ddim_denoise(dit, z, t, t, y, w).double(), expected, rtol=1e-5, atol=1e-5)
+    ours = ddim(guided_noise(dit, y, w), z, solver_timesteps(t, t), dit.schedule)
+    torch.testing.assert_close(ours.double(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_latent_unet_backend(tmp_path):
@@ -197,13 +148,16 @@ def test_resize_round_trip_224_256_224(dit):
     rec, out = engine.reconstruct(_images(2))
     assert rec.shape == (2, 2, 3, 224, 224) and out.score.shape == (2,)
     assert rec.min() >= 0 and rec.max() <= 1
-    const = torch.full((1, 3, 224, 224), 0.37)
-    up = engine._to_model_size(const)
-    assert up.shape[-2:] == (256, 256)
-    torch.testing.assert_close(up, torch.full_like(up, 0.37))
-    back = engine._from_model_size(up, (224, 224))
-    torch.testing.assert_close(back, const)
-    with pytest.raises(ValueError, match="set resize=True"):
+    seen = []
+    encode = dit.encode
+    dit.encode = lambda x: seen.append(x.clone()) or encode(x)
+    try:  # a constant image is resized into 256 x 256 as the same constant (in [-1, 1]: 2 * 0.37 - 1)
+        engine.score(engine.settings.normalization.normalize(torch.full((1, 3, 224, 224), 0.37)))
+    finally:
+        del dit.encode
+    assert seen[0].shape[-2:] == (256, 256)
+    torch.testing.assert_close(seen[0], torch.full_like(seen[0], 2 * 0.37 - 1))
+    with pytest.raises(ValueError, match="set resize"):
         DiffOOD(net, dit, dataset="imagenet", timestep=20, stride=20).score(_images(1))
 
 
@@ -250,9 +204,8 @@ def test_torchvision_resnet50_penultimate_is_the_clipped_fc_input():
     net = resnet50(weights=None).eval()
     clf = Classifier(net)
     x = _images(2)
-    settings = DiffOODSettings(dataset="imagenet", space="feature", threshold=0.3)
     with torch.no_grad():
-        logits, feat = clf.logits_and_features(x, settings)
+        logits, feat = clf.features(x, "feature", 0.3)
         body = torch.nn.Sequential(*list(net.children())[:-1])
         expected = body(x).flatten(1)
     assert clf.num_classes == 1000 and feat.shape == (2, 2048)
@@ -261,20 +214,17 @@ def test_torchvision_resnet50_penultimate_is_the_clipped_fc_input():
     assert (expected > 0.3).any()  # the clip is active
 
 
-@pytest.mark.skipif(importlib.util.find_spec("openood") is None, reason="OpenOOD is not installed")
 def test_openood_resnet18_224_imagenet200_with_the_class_map(tmp_path):
-    import openood_shims
+    from openood_diffood.openood.compat import require_openood
 
-    openood_shims.install()
-    from openood.networks.resnet18_224x224 import ResNet18_224x224
+    ResNet18_224x224 = require_openood("openood.networks.resnet18_224x224").ResNet18_224x224
 
     torch.manual_seed(0)
     net = ResNet18_224x224(num_classes=200).eval()
     clf = Classifier(net)
     assert clf.openood_style and clf.num_classes == 200
     with torch.no_grad():
-        _, feat = clf.logits_and_features(_images(1), DiffOODSettings(dataset="imagenet200", space="feature",
-                                                                      threshold=0.3))
+        _, feat = clf.features(_images(1), "feature", 0.3)
         _, raw = net(_images(1), return_feature=True)
     torch.testing.assert_close(feat, raw.clip(max=0.3))
 
@@ -283,9 +233,15 @@ def test_openood_resnet18_224_imagenet200_with_the_class_map(tmp_path):
     assert backend.null_class == 1000
     engine = DiffOOD(net, backend, dataset="imagenet200", space="feature", threshold=0.3, resize=True,
                      timestep=20, stride=20, repeats=1, class_map=cmap)
-    out = engine.score(_images(2))
+    seen = []
+    network = backend.denoiser.network
+    backend.denoiser.network = lambda z, t, labels: seen.append(labels.clone()) or network(z, t, labels)
+    try:
+        out = engine.score(_images(2))
+    finally:
+        del backend.denoiser.network
     assert torch.isfinite(out.score).all() and out.pred.max() < 200
-    assert engine._diffusion_labels(out.pred).tolist() == [cmap[p] for p in out.pred.tolist()]
+    assert seen[0][:2].tolist() == [cmap[p] for p in out.pred.tolist()]
 
 
 # ---------------------------------------------------------------------------------------------- ImageNet-200 map
@@ -321,6 +277,6 @@ def test_fit_batch_size_extrapolates_the_measured_peaks():
         fit_batch_size({1: 11 * gib, 4: 14 * gib}, 10 * gib)
 
 
-def test_suggest_batch_size_needs_cuda(dit):
+def test_suggest_batch_size_needs_cuda():
     with pytest.raises(ValueError, match="measures CUDA memory"):
-        suggest_batch_size(DiffOOD(TinyImageNet(10), dit, dataset="imagenet", resize=True), 2 ** 30)
+        suggest_batch_size(lambda n: None, 2 ** 30, torch.device("cpu"))

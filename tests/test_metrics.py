@@ -1,6 +1,5 @@
 """OOD metrics against hand computation, sklearn and OpenOOD's own metrics file; tables and result files."""
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -8,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from openood_diffood import metrics
+from openood_diffood.evaluate import metrics
 
 # 4 ID and 4 OOD scores (higher = more OOD); the OOD image at 0.35 ranks below the ID image at 0.4
 ID = np.array([0.1, 0.2, 0.3, 0.4])
@@ -44,19 +43,10 @@ def test_auroc_matches_sklearn_on_random_scores():
     assert metrics.ood_metrics(s_id, s_ood)["AUROC"] == pytest.approx(roc_auc_score(labels, np.r_[s_id, s_ood]))
 
 
-def _openood_metrics_module():
-    spec = importlib.util.find_spec("openood")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("OpenOOD is not installed: cannot compare with its evaluators/metrics.py")
-    path = Path(list(spec.submodule_search_locations)[0]) / "evaluators" / "metrics.py"
-    mod_spec = importlib.util.spec_from_file_location("openood_metrics_file", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)  # this file needs only numpy and sklearn
-    return module
-
-
 def test_identical_to_openood_compute_all_metrics():
-    oo = _openood_metrics_module()
+    from openood_diffood.openood.compat import require_openood
+
+    oo = require_openood("openood.evaluators.metrics")
     rng = np.random.default_rng(1)
     s_id, s_ood = rng.normal(0, 1, 257), np.round(rng.normal(1, 1, 131), 1)  # rounding makes ties
     conf = -np.r_[s_id, s_ood]

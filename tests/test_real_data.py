@@ -6,8 +6,10 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import load_npz_normalized
 from openood_diffood import DiffOOD
-from openood_diffood.networks import cifar_resnet, load_state_dict_file, resnet18_32x32
-from openood_diffood.settings import DATASET_STATS
+from openood_diffood.method.features import Classifier
+from openood_diffood.method.normalization import DATASET_STATS
+from openood_diffood.models.checkpoints import load_state_dict_file
+from openood_diffood.models.networks import cifar_resnet, resnet18_32x32
 
 N = 64  # images per set
 # Cheap settings for a CPU test: t = 300 as in the paper, but stride 100 (3 DDIM steps instead of 15) and one repeat.
@@ -39,10 +41,8 @@ def test_generic_adapter_runs_the_akamaster_resnet20(shared_data):
     x = load_npz_normalized(shared_data / "cifar10_test.npz", idx, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     with np.load(shared_data / "cifar10_test.npz") as f:
         labels = torch.from_numpy(f["labels"][idx])
-    from openood_diffood import Classifier, DiffOODSettings
-
     clf = Classifier(net.eval())
     with torch.no_grad():
-        logits, feat = clf.logits_and_features(x, DiffOODSettings(space="feature"))
+        logits, feat = clf.features(x, "feature")
     assert feat.shape == (1000, 64)
     assert (logits.argmax(1) == labels).float().mean() > 0.88

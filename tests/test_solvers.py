@@ -3,9 +3,15 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
 
-from openood_diffood import DiffOOD, load_diffusion
-from openood_diffood.diffusion import DiffusionBackend
-from openood_diffood.solvers import cpu_schedule, denoise, get_solver, network_evaluations, solver_timesteps
+from openood_diffood import DiffOOD, DiffOODSettings, load_diffusion
+from openood_diffood.method.diffood import guided_noise
+from openood_diffood.method.solvers import SOLVERS, network_evaluations, solver_timesteps
+from openood_diffood.models.diffusion import DiffusionBackend
+
+
+def denoise(name, backend, z, t, stride, labels, w):
+    """Solver ``name`` from timestep t with the guided noise of ``backend``."""
+    return SOLVERS[name](guided_noise(backend, labels, w), z, solver_timesteps(t, stride), backend.schedule)
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +41,9 @@ def _scheduler_loop(name, model_dir, backend, z, t, stride, labels, w):
         assert 1000 // sched.num_inference_steps == stride
         steps = steps[:2] + steps[1:]
         kwargs = {}
+    eps_fn = guided_noise(backend, labels, w)
     for s in steps:
-        eps = backend.predict_noise(z, int(s), labels, w)
-        z = sched.step(eps, int(s), z, **kwargs).prev_sample
+        z = sched.step(eps_fn(z, int(s)), int(s), z, **kwargs).prev_sample
     return z, len(steps)
 
 
@@ -55,8 +61,8 @@ def test_solver_equals_diffusers_scheduler(name, t, stride, backend, tiny_diffus
 
 
 def test_solvers_differ_from_each_other(backend):
-    """Same start, different integrators: a plan builder that ignored the solver name would pass the test above
-    only for DDIM, so check the solvers' results are distinct (while all near the same ODE solution)."""
+    """Same start, different integrators: a lookup that ignored the solver name would pass the test above only
+    for DDIM, so check the solvers' results are distinct (while all near the same ODE solution)."""
     torch.manual_seed(1)
     z, labels = torch.randn(2, 3, 8, 8), torch.tensor([0, 2])
     with torch.no_grad():
@@ -95,8 +101,7 @@ class _MetaBackend(DiffusionBackend):
 @pytest.mark.parametrize("name", ["ddim", "dpmpp2m", "plms"])
 def test_denoising_loop_never_reads_from_the_device(name):
     abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
-    backend = _MetaBackend(abar, num_classes=3, null_class=3, sample_size=8)
-    cpu_schedule(backend)  # the one read of the schedule, done before the loop (as the engine does per backend)
+    backend = _MetaBackend(abar, num_classes=3, null_class=3, sample_size=8)  # reads the schedule once, here
     backend.to("meta")
     with pytest.raises(Exception):  # the check has teeth: a host read of a meta tensor fails
         float(backend.alphas_cumprod[300])
@@ -106,8 +111,8 @@ def test_denoising_loop_never_reads_from_the_device(name):
 
 
 def test_unknown_solver_is_named():
-    with pytest.raises(ValueError, match="unknown solver 'euler'.*ddim.*dpmpp2m.*plms"):
-        get_solver("euler")
+    with pytest.raises(ValueError, match="solver must be one of ddim, dpmpp2m, plms, got 'euler'"):
+        DiffOODSettings(solver="euler")
 
 
 def test_engine_uses_the_configured_solver(tiny_net, backend, images):
@@ -145,6 +150,8 @@ def test_auto_batch_size_on_cpu(tiny_net, backend, images):
     finally:
         torch.set_num_threads(threads)
     assert engine.batch_size == 48  # 32 network samples per thread and call: 96 = 48 images x the guidance pair
-    with pytest.raises(ValueError, match="batch_size must be an integer >= 1 or 'auto'"):
+    with pytest.raises(ValueError, match="batch_size must be an integer, got 'big'"):
         DiffOOD(tiny_net, backend, batch_size="big")
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        DiffOOD(tiny_net, backend, batch_size=0)
     assert engine.precision == "fp32"

@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from accelerate.utils import load as accelerate_load
 from safetensors.torch import load_file
 
 from conftest import TinyNet
 from openood_diffood import DiffOOD, load_diffusion
-from openood_diffood.image_sources import load_images, openood_spec
-from openood_diffood.training import add_train_arguments, train_main
+from openood_diffood.evaluate.images import load_images, openood_spec
+from openood_diffood.train.arguments import add_train_arguments
+from openood_diffood.train.trainer import train_main
 
 #: A tiny UNet trained for a few steps; dropout on, so the restored global RNG state matters too.
 TINY = ["--block-out-channels", "8", "16", "--norm-groups", "4", "--layers-per-block", "1", "--attention-levels", "1",
@@ -35,7 +37,11 @@ def write_npz(path: Path, n: int = 24, size: int = 8, num_classes: int = 3, seed
 
 
 def state(folder: Path) -> dict:
-    return torch.load(folder / "state.pt", weights_only=True)
+    """Everything a checkpoint holds: Accelerate's model, optimizer and LR scheduler files and the trainer state
+    (step, settings, EMA), each loaded as plain tensors and data (``weights_only=True``)."""
+    return {"model": load_file(folder / "model.safetensors"),
+            **{k: torch.load(folder / f"{k}.bin", weights_only=True) for k in ("optimizer", "scheduler")},
+            **torch.load(folder / "trainer_state.pt", weights_only=True)}
 
 
 def assert_same_tensors(a, b) -> None:
@@ -74,6 +80,9 @@ def test_resume_gives_bit_identical_weights(runs):
     assert_same_tensors(*weights)
     final = [state(runs[k] / "checkpoints" / "step_000005") for k in ("full", "resumed")]
     assert_same_tensors(*final)  # model, EMA, optimizer, LR scheduler, step, settings
+    rng = [accelerate_load(runs[k] / "checkpoints" / "step_000005" / "random_states_0.pkl")  # weights_only=True
+           for k in ("full", "resumed")]
+    assert torch.equal(rng[0]["torch_manual_seed"], rng[1]["torch_manual_seed"])  # Accelerate's RNG states
     assert final[0]["ema"]["optimization_step"] == 5
     initial = state(runs["full"] / "checkpoints" / "step_000004")["model"]
     assert not all(torch.equal(initial[k], final[0]["model"][k]) for k in initial)  # training moved the weights
@@ -163,13 +172,13 @@ def test_image_folder_and_imglist(tmp_path):
 # --------------------------------------------------------------------------------------------------- the demo
 @pytest.fixture(scope="module")
 def demo():
-    from openood_diffood.demo_data import demo_sets
+    from openood_diffood.evaluate.demo_data import demo_sets
 
     return demo_sets()
 
 
 def test_demo_sets(demo):
-    from openood_diffood.demo_data import DEMO_MEAN, DEMO_STD
+    from openood_diffood.models.demo import DEMO_MEAN, DEMO_STD
 
     for split, per_class in (("train", None), ("val", 25), ("test", 50)):
         images, labels = demo[split]
@@ -189,7 +198,7 @@ def test_demo_sets(demo):
 
 
 def test_demo_assets_load_and_classify(demo):
-    from openood_diffood.demo_data import DEMO_MEAN, DEMO_STD, load_demo_models
+    from openood_diffood.models.demo import DEMO_MEAN, DEMO_STD, load_demo_models
 
     net, diffusion_dir = load_demo_models()
     assert not net.training

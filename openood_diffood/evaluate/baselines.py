@@ -1,0 +1,270 @@
+"""Post-hoc OOD baselines by OpenOOD's names (msp, ebo, mls, react, vim, knn, ...).
+
+With OpenOOD importable, a baseline is OpenOOD's own postprocessor built from OpenOOD's
+``configs/postprocessors/<name>.yml`` (automatic parameter search off). Otherwise the six standard ones come from
+pytorch-ood's detectors with OpenOOD's default settings. Nothing is re-implemented here. Every baseline reports
+``score`` with higher = more OOD (OpenOOD's ``conf`` negated).
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+from abc import ABC, abstractmethod
+from pathlib import Path
+from types import ModuleType
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..method.features import Classifier, as_classifier, last_linear
+from ..openood.compat import cuda_calls_stay_put, openood_checkout, require_openood
+
+
+BACKENDS = ("auto", "openood", "pytorch-ood")
+#: OpenOOD v1.5's defaults (``configs/postprocessors/*.yml``, APS off), used for the pytorch-ood detectors.
+PYTORCH_OOD_DEFAULTS = {"msp": {}, "ebo": {"temperature": 1.0}, "mls": {}, "react": {"percentile": 90},
+                        "vim": {"dim": 256}, "knn": {"K": 50}}
+#: OpenOOD's Evaluator wraps the net for these postprocessors (``openood/evaluation_api/evaluator.py``).
+_OPENOOD_NET_WRAPPERS = {"react": ("openood.networks.react_net", "ReactNet"),
+                         "ash": ("openood.networks.ash_net", "ASHNet"),
+                         "scale": ("openood.networks.scale_net", "ScaleNet")}
+Batch = Tuple[torch.Tensor, torch.Tensor]
+
+
+class Baseline(ABC):
+    """A fitted-or-not post-hoc detector on a classifier; ``score`` is higher for more OOD-looking images."""
+
+    def __init__(self, name: str, backend: str, needs_fit: bool) -> None:
+        self.name, self.backend, self.needs_fit = name, backend, needs_fit
+
+    def fit(self, batches: Optional[Iterable[Batch]]) -> "Baseline":
+        """Fit on ID images: ``(normalized images, labels)`` batches (None: no fit data)."""
+        if batches is None:
+            if self.needs_fit:
+                raise ValueError(f"baseline {self.name!r} is fitted on ID training images: give them "
+                                 "(`eval --fit-data train.npz`, or an OpenOOD --data-root with its train list)")
+            return self
+        self._fit(list(batches))
+        return self
+
+    def score(self, batches: Iterable[torch.Tensor], progress: bool = True, desc: str = "",
+              total: Optional[int] = None) -> np.ndarray:
+        """Outlier scores (higher = more OOD) for normalized image batches (some OpenOOD methods take gradients)."""
+        out = [self._score_batch(x).detach().float().cpu().reshape(-1)
+               for x in tqdm(batches, desc=desc or self.name, total=total, disable=not progress, leave=False)]
+        if not out:
+            raise ValueError(f"{self.name}: no images to score")
+        return torch.cat(out).numpy()
+
+    @abstractmethod
+    def _fit(self, batches: List[Batch]) -> None: ...
+
+    @abstractmethod
+    def _score_batch(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+# ----------------------------------------------------------------------------------------------- OpenOOD
+class OpenOODNet(nn.Module):
+    """A classifier seen through the interface OpenOOD's postprocessors call.
+
+    ``forward(x, return_feature=True)`` gives ``(logits, penultimate feature)``; ``fc`` / ``get_fc_layer()`` /
+    ``get_fc()`` give the last linear layer. Inputs are moved to the net's device (OpenOOD calls ``.cuda()``).
+    """
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = as_classifier(classifier)
+        self.fc = last_linear(self.classifier.net)
+
+    def _device(self) -> torch.device:
+        return self.fc.weight.device
+
+    def forward(self, x: torch.Tensor, return_feature: bool = False, return_feature_list: bool = False):
+        x = x.to(self._device())
+        if return_feature_list:
+            if not self.classifier.openood_style:
+                raise ValueError(f"this postprocessor needs feature lists (return_feature_list), which only "
+                                 f"OpenOOD-style nets provide, not {type(self.classifier.net).__name__}")
+            return self.classifier.net(x, return_feature_list=True)
+        if return_feature:
+            return self.classifier.features(x, "feature")
+        return self.classifier(x)
+
+    def get_fc_layer(self) -> nn.Linear:
+        return self.fc
+
+    def get_fc(self) -> Tuple[np.ndarray, np.ndarray]:
+        return self.fc.weight.detach().cpu().numpy(), self.fc.bias.detach().cpu().numpy()
+
+
+@functools.lru_cache(maxsize=None)
+def openood_postprocessors() -> Tuple[Optional[ModuleType], Optional[Path], str]:
+    """(OpenOOD's evaluation-API postprocessor module, its config root, why unusable) - once per process."""
+    try:
+        module = require_openood("openood.evaluation_api.postprocessor")
+    except Exception as exc:  # OpenOOD missing, or one of its dependencies broken: fall back
+        return None, None, f"OpenOOD is not importable ({type(exc).__name__}: {exc})"
+    checkout = openood_checkout()
+    if checkout is None or not (checkout / "configs" / "postprocessors").is_dir():
+        return None, None, "OpenOOD's configs/postprocessors is not next to its package (install OpenOOD from a git clone)"
+    return module, checkout / "configs", ""
+
+
+def _openood_names() -> List[str]:
+    module, root, _ = openood_postprocessors()
+    if module is None:
+        return []
+    return sorted(n for n in module.postprocessors if not n.startswith("diffood")
+                  and (root / "postprocessors" / f"{n}.yml").is_file())
+
+
+class OpenOODBaseline(Baseline):
+    """One of OpenOOD's postprocessors, built from its own config file with APS off."""
+
+    def __init__(self, name: str, classifier: nn.Module, id_name: str = "cifar10") -> None:
+        module, root, why = openood_postprocessors()
+        if module is None:
+            raise ImportError(why)
+        if name not in _openood_names():
+            raise ValueError(f"OpenOOD has no postprocessor {name!r} with a config in {root / 'postprocessors'}")
+        # the config exists, so OpenOOD's lookup reads it and downloads nothing
+        self.postprocessor = module.get_postprocessor(str(root), name, id_name)
+        self.postprocessor.APS_mode = False
+        self._adapter = OpenOODNet(classifier)
+        self.net: nn.Module = self._adapter
+        if name in _OPENOOD_NET_WRAPPERS:
+            mod, cls = _OPENOOD_NET_WRAPPERS[name]
+            self.net = getattr(require_openood(mod), cls)(self.net)
+        self.net.eval()
+        super().__init__(name, "openood", needs_fit=hasattr(self.postprocessor, "setup_flag"))
+
+    def _fit(self, batches: List[Batch]) -> None:
+        pp, n = self.postprocessor, sum(len(x) for x, _ in batches)
+        _adapt_sizes(pp, "K", "dim", n_fit=n, fc=self._adapter.fc)
+        loader = [{"data": x, "label": y} for x, y in batches]
+        with cuda_calls_stay_put():
+            pp.setup(self.net, {"train": loader, "val": loader}, {})
+
+    def _score_batch(self, x: torch.Tensor) -> torch.Tensor:
+        with cuda_calls_stay_put():
+            _, conf = self.postprocessor.postprocess(self.net, x)
+        return -torch.as_tensor(conf)
+
+
+def _adapt_sizes(obj: object, k_attr: str, dim_attr: str, n_fit: int, fc: nn.Linear) -> None:
+    """Keep KNN's K within the fit set and ViM's principal dimension below the feature dimension (with warnings)."""
+    k = getattr(obj, k_attr, None)
+    if isinstance(k, int) and k > n_fit:
+        warnings.warn(f"KNN: K={k} is more than the {n_fit} fit images; using K={n_fit}")
+        setattr(obj, k_attr, k := n_fit)
+    if isinstance(k, int) and k > n_fit / fc.out_features:
+        warnings.warn(f"KNN: K={k} exceeds the ~{n_fit // fc.out_features} fit images per class, so the K-th "
+                      "neighbour of an ID image lies in another class and KNN's ranking degrades (OpenOOD's K=50 "
+                      "assumes the full training set): give more fit images")
+    dim = getattr(obj, dim_attr, None)
+    if isinstance(dim, int) and dim >= fc.in_features:
+        warnings.warn(f"ViM: dim={dim} is not below the feature dimension {fc.in_features}; "
+                      f"using {fc.in_features // 2}")
+        setattr(obj, dim_attr, fc.in_features // 2)
+
+
+# ----------------------------------------------------------------------------------------------- pytorch-ood
+class _Logits(nn.Module):
+    def __init__(self, classifier: Classifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x)
+
+
+class _Penultimate(_Logits):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(x, "feature")[1]
+
+
+def _pytorch_ood_detector(name: str, classifier: Classifier):
+    from pytorch_ood import detector as D
+
+    logits, features, fc = _Logits(classifier), _Penultimate(classifier), last_linear(classifier.net)
+    p = PYTORCH_OOD_DEFAULTS[name]
+    if name == "msp":
+        return D.MaxSoftmax(logits)
+    if name == "ebo":
+        return D.EnergyBased(logits, t=p["temperature"])
+    if name == "mls":
+        return D.MaxLogit(logits)
+    if name == "react":
+        return D.ReAct(backbone=features, head=fc, percentile=p["percentile"] / 100)
+    if name == "vim":
+        return D.ViM(features, d=p["dim"], w=fc.weight, b=fc.bias)
+    return D.KNN(features, k=p["K"])
+
+
+class PytorchOODBaseline(Baseline):
+    """One of pytorch-ood's detectors, with OpenOOD's default settings."""
+
+    def __init__(self, name: str, classifier: nn.Module) -> None:
+        if name not in PYTORCH_OOD_DEFAULTS:
+            raise ValueError(f"pytorch-ood fallback has no baseline {name!r}; it has {sorted(PYTORCH_OOD_DEFAULTS)}")
+        self.classifier = as_classifier(classifier).eval()
+        self.detector = _pytorch_ood_detector(name, self.classifier)
+        super().__init__(name, "pytorch-ood", needs_fit=self.detector.requires_fit)
+
+    def _fit(self, batches: List[Batch]) -> None:
+        fc = last_linear(self.classifier.net)
+        det, n = self.detector, sum(len(x) for x, _ in batches)
+        _adapt_sizes(det, "k", "d", n_fit=n, fc=fc)
+        device = fc.weight.device
+        with torch.no_grad():
+            det.fit([(x.to(device), y.to(device)) for x, y in batches])
+
+    @torch.no_grad()
+    def _score_batch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.detector.predict(x.to(last_linear(self.classifier.net).weight.device))
+
+
+# ----------------------------------------------------------------------------------------------- selection
+def available_baselines(backend: str = "auto") -> List[str]:
+    """Names this process can run with ``backend``."""
+    names = set()
+    if backend in ("auto", "openood"):
+        names |= set(_openood_names())
+    if backend in ("auto", "pytorch-ood"):
+        names |= set(PYTORCH_OOD_DEFAULTS)
+    return sorted(names)
+
+
+def check_baselines(names: Sequence[str], backend: str = "auto") -> None:
+    """Raise a ValueError naming the available baselines if any of ``names`` cannot be built with ``backend``."""
+    for name in names:
+        _check_name(name, backend)
+
+
+def _check_name(name: str, backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown baseline backend {backend!r}; use one of {BACKENDS}")
+    if name in available_baselines(backend):
+        return
+    why = openood_postprocessors()[2]
+    raise ValueError(
+        f"unknown baseline {name!r} for backend {backend!r}: available are {', '.join(available_baselines(backend))}"
+        + (f" (OpenOOD's postprocessors would add more, but {why})" if why and backend != "pytorch-ood" else ""))
+
+
+def make_baseline(name: str, classifier: nn.Module, backend: str = "auto", id_name: str = "cifar10") -> Baseline:
+    """Build baseline ``name``: OpenOOD's postprocessor (``auto`` when OpenOOD imports) else pytorch-ood's detector."""
+    _check_name(name, backend)
+    if backend != "pytorch-ood" and name in _openood_names():
+        return OpenOODBaseline(name, classifier, id_name)
+    return PytorchOODBaseline(name, classifier)
+
+
+def make_baselines(names: Sequence[str], classifier: nn.Module, backend: str = "auto",
+                   id_name: str = "cifar10") -> List[Baseline]:
+    """Build several baselines (every name is checked before any is built)."""
+    check_baselines(names, backend)
+    return [make_baseline(n, classifier, backend, id_name) for n in names]

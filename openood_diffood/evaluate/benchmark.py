@@ -1,0 +1,245 @@
+"""Score an ID test set and near / far OOD sets with DiffOOD and baselines, then report (used by ``eval``/``demo``).
+
+Images travel as uint8 NHWC arrays and are normalized batch by batch, so large sets never sit in memory as floats.
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..hashing import item_digests
+from ..method.features import as_classifier
+from ..method.normalization import Normalization
+from ..runtime.engine import DiffOOD
+from . import metrics, plots
+from .baselines import make_baselines
+
+DIFFOOD = "diffood"
+DEFAULT_METHODS = (DIFFOOD, "msp", "ebo", "mls", "react", "vim", "knn")
+
+
+@dataclass
+class ImageSet:
+    """A named set of uint8 NHWC images (``labels`` for ID sets, None for OOD sets)."""
+
+    name: str
+    images: np.ndarray
+    labels: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise ValueError(f"set {self.name!r}: expected uint8 images (N, H, W, C), got {self.images.dtype} "
+                             f"{self.images.shape}")
+        if len(self.images) == 0:
+            raise ValueError(f"set {self.name!r} has no images")
+        if self.labels is not None and len(self.labels) != len(self.images):
+            raise ValueError(f"set {self.name!r}: {len(self.labels)} labels for {len(self.images)} images")
+
+    def limited(self, limit: Optional[int], seed: int) -> "ImageSet":
+        """A random subset of at most ``limit`` images, fixed by ``seed`` and the set's name (order kept)."""
+        if limit is None or limit >= len(self.images):
+            return self
+        rng = np.random.default_rng([seed, zlib.crc32(self.name.encode())])
+        idx = np.sort(rng.choice(len(self.images), limit, replace=False))
+        return ImageSet(self.name, self.images[idx], None if self.labels is None else self.labels[idx])
+
+
+@dataclass
+class Benchmark:
+    """ID test set, OOD sets by split, the ID fit set (ViM / KNN / ReAct) and the normalization of the inputs.
+
+    ``csid`` are covariate-shifted ID sets, counted as ID in full-spectrum (``fsood``) evaluation.
+    """
+
+    id_test: ImageSet
+    ood: Dict[str, List[ImageSet]]
+    normalization: Normalization
+    fit: Optional[ImageSet] = None
+    csid: List[ImageSet] = field(default_factory=list)
+
+    def all_sets(self) -> List[Tuple[str, ImageSet]]:
+        """(role, set) for every set: id, csid, near, far, fit."""
+        out = [("id", self.id_test)] + [("csid", s) for s in self.csid]
+        out += [(split, s) for split, sets in self.ood.items() for s in sets]
+        return out + ([("fit", self.fit)] if self.fit is not None else [])
+
+    def limited(self, limit: Optional[int], fit_limit: Optional[int], seed: int) -> "Benchmark":
+        """Every test set cut to ``limit`` images and the fit set to ``fit_limit`` (None: all; fixed by ``seed``)."""
+        return Benchmark(self.id_test.limited(limit, seed),
+                         {k: [s.limited(limit, seed) for s in v] for k, v in self.ood.items()}, self.normalization,
+                         None if self.fit is None else self.fit.limited(fit_limit, seed),
+                         [s.limited(limit, seed) for s in self.csid])
+
+    def validate(self, num_classes: int) -> None:
+        """Clear errors for label / size problems; a warning where an OOD set shares images with the ID set."""
+        shapes = {f"{role}:{s.name}": s.images.shape[1:] for role, s in self.all_sets()}
+        if len(set(shapes.values())) > 1:
+            listing = ", ".join(f"{k} {h}x{w}x{c}" for k, (h, w, c) in shapes.items())
+            raise ValueError(f"images of mixed sizes ({listing}): resize every set to one size, the classifier's "
+                             "input size")
+        if self.normalization.channels != shapes[f"id:{self.id_test.name}"][-1]:
+            raise ValueError(f"mean/std have {self.normalization.channels} values but the images have "
+                             f"{shapes[f'id:{self.id_test.name}'][-1]} channels: give one per channel")
+        for role, s in self.all_sets():
+            if role in ("id", "csid", "fit"):
+                if s.labels is None:
+                    raise ValueError(f"{role} set {s.name!r} has no labels; ID sets need class labels")
+                lo, hi = int(s.labels.min()), int(s.labels.max())
+                if lo < 0 or hi >= num_classes:
+                    raise ValueError(f"{role} set {s.name!r} has labels {lo}..{hi} but the classifier has "
+                                     f"{num_classes} classes (0..{num_classes - 1}): use labels in the classifier's "
+                                     "class order, or the classifier trained on these classes")
+        id_hashes = item_digests(self.id_test.images)
+        for split, sets in self.ood.items():
+            for s in sets:
+                shared = int(np.isin(item_digests(s.images), id_hashes).sum())
+                if shared:
+                    warnings.warn(f"{shared} of {len(s.images)} images of {split} OOD set {s.name!r} are also in "
+                                  f"the ID test set {self.id_test.name!r}: is that the right file?")
+
+
+def normalized_batches(images: np.ndarray, normalization: Normalization, batch_size: int) -> Iterator[torch.Tensor]:
+    """uint8 NHWC -> normalized float NCHW batches."""
+    for i in range(0, len(images), batch_size):
+        yield normalization.from_uint8(images[i:i + batch_size])
+
+
+#: ID images (from the fit set) that calibrate ``combine: energy`` in the ``eval`` command.
+CALIBRATION_IMAGES = 1000
+
+
+def calibration_batches(bench: Benchmark, batch_size: Union[int, str], seed: int) -> Iterator[torch.Tensor]:
+    """Normalized batches of up to CALIBRATION_IMAGES fit-set images (fixed by ``seed``) for ``DiffOOD.calibrate``."""
+    if bench.fit is None:
+        raise ValueError("combine: energy calibrates on ID images: give --fit-data (ID training images; up to "
+                         f"{CALIBRATION_IMAGES} are used) or leave --combine out")
+    images = bench.fit.limited(CALIBRATION_IMAGES, seed).images
+    return normalized_batches(images, bench.normalization, batch_size if isinstance(batch_size, int) else 64)
+
+
+class DiffOODMethod:
+    """The DiffOOD engine behind the same ``fit`` / ``score`` calls as the baselines."""
+
+    name, backend, needs_fit = DIFFOOD, "openood_diffood", False
+
+    def __init__(self, engine: DiffOOD) -> None:
+        self.engine = engine
+
+    def fit(self, batches: object) -> "DiffOODMethod":
+        """Nothing to fit."""
+        return self
+
+    def score(self, batches: Iterable[torch.Tensor], progress: bool = True, desc: str = "",
+              total: Optional[int] = None) -> np.ndarray:
+        """DiffOOD scores (higher = more OOD)."""
+        out = [self.engine.score(x).score
+               for x in tqdm(batches, desc=desc or DIFFOOD, total=total, disable=not progress, leave=False)]
+        return torch.cat(out).numpy()
+
+
+@dataclass
+class RunScores:
+    """Every method's scores for one classifier: ``id[method]`` and ``ood[method][split][set]``."""
+
+    id: Dict[str, np.ndarray]
+    ood: Dict[str, Dict[str, Dict[str, np.ndarray]]]
+    id_pred: np.ndarray
+    id_labels: np.ndarray
+    backends: Dict[str, str]
+    seconds: Dict[str, float]
+
+
+@torch.no_grad()
+def predictions(net: nn.Module, images: np.ndarray, bench: Benchmark, batch_size: int,
+                device: torch.device) -> np.ndarray:
+    """The classifier's argmax predictions."""
+    clf = as_classifier(net).eval()
+    return torch.cat([clf(x.to(device)).argmax(1).cpu()
+                      for x in normalized_batches(images, bench.normalization, batch_size)]).numpy()
+
+
+def score_benchmark(net: nn.Module, bench: Benchmark, methods: Sequence[str], *, engine: Optional[DiffOOD],
+                    backend: str = "auto", id_name: str = "cifar10", batch_size: int = 200, fsood: bool = False,
+                    device: torch.device = torch.device("cpu"), progress: bool = True) -> RunScores:
+    """Fit (where needed) and run every method on the ID test set (plus csid sets with ``fsood``) and OOD sets."""
+    baseline_names = [m for m in methods if m != DIFFOOD]
+    runners = {b.name: b for b in make_baselines(baseline_names, net, backend, id_name)}
+    if DIFFOOD in methods:
+        if engine is None:
+            raise ValueError("method 'diffood' needs a diffusion model (--diffusion <diffusers dir>)")
+        runners[DIFFOOD] = DiffOODMethod(engine)
+    id_sets = [bench.id_test] + (bench.csid if fsood else [])
+    id_images = np.concatenate([s.images for s in id_sets])
+    id_labels = np.concatenate([s.labels for s in id_sets])
+    scores = RunScores({}, {}, predictions(net, id_images, bench, batch_size, device), id_labels, {}, {})
+
+    def run(method, images: np.ndarray, desc: str) -> np.ndarray:
+        bs = method.engine.batch_size if isinstance(method, DiffOODMethod) else batch_size
+        return method.score(normalized_batches(images, bench.normalization, bs), progress, desc,
+                            total=-(-len(images) // bs))
+
+    for name in methods:
+        method, start = runners[name], time.perf_counter()
+        method.fit(_fit_batches(bench, batch_size) if method.needs_fit else None)
+        scores.id[name] = run(method, id_images, f"{name} | ID")
+        scores.ood[name] = {split: {s.name: run(method, s.images, f"{name} | {s.name}") for s in sets}
+                            for split, sets in bench.ood.items()}
+        scores.backends[name] = method.backend
+        scores.seconds[name] = time.perf_counter() - start
+    return scores
+
+
+def _fit_batches(bench: Benchmark, batch_size: int) -> Optional[List[Tuple[torch.Tensor, torch.Tensor]]]:
+    if bench.fit is None:
+        return None
+    labels = torch.from_numpy(bench.fit.labels).long().split(batch_size)
+    return list(zip(normalized_batches(bench.fit.images, bench.normalization, batch_size), labels))
+
+
+def method_results(scores: RunScores) -> Dict[str, metrics.MethodResult]:
+    """OpenOOD's table for each method of one run."""
+    acc = metrics.accuracy(scores.id_pred, scores.id_labels)
+    return {m: metrics.method_table(m, scores.id[m], scores.ood[m], acc) for m in scores.id}
+
+
+def save_scores(out_dir: str, run_name: str, scores: RunScores) -> List[str]:
+    """``scores/<run>/<method>.npz``: ``conf`` (OpenOOD's sign, -score) per set, with ID predictions and labels."""
+    folder = os.path.join(out_dir, "scores", run_name)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for m in scores.id:
+        arrays = {"id.conf": -scores.id[m], "id.pred": scores.id_pred, "id.label": scores.id_labels}
+        arrays.update({f"{split}.{name}.conf": -s for split, sets in scores.ood[m].items() for name, s in sets.items()})
+        path = os.path.join(folder, f"{m}.npz")
+        np.savez_compressed(path, **arrays)
+        paths.append(path)
+    return paths
+
+
+def reconstruction_figure(path: str, engine: DiffOOD, bench: Benchmark, per_set: int = 3) -> str:
+    """PNG grid of a few ID and OOD inputs with their DiffOOD reconstructions and scores."""
+    picks = [(bench.id_test.name + " (ID)", bench.id_test.images[:per_set + 1])]
+    picks += [(f"{s.name} ({split})", s.images[:per_set]) for split, sets in bench.ood.items() for s in sets[:1]]
+    images = np.concatenate([imgs for _, imgs in picks])
+    titles = [t for t, imgs in picks for _ in range(len(imgs))]
+    x = bench.normalization.from_uint8(images)
+    recs, out = engine.reconstruct(x)
+    return plots.reconstruction_grid(path, bench.normalization.unnormalize(x), recs, out.score.tolist(), titles)
+
+
+def report(out_dir: str, results: Mapping[str, Sequence[metrics.MethodResult]], run_names: Sequence[str],
+           meta: dict) -> List[str]:
+    """Print OpenOOD-style tables and a summary; write metrics.csv / metrics.json. Returns the paths written."""
+    for method, runs in results.items():
+        print(metrics.format_method_table(method, runs), end="\n\n")
+    print(metrics.format_summary(results))
+    return metrics.write_results(out_dir, results, run_names, meta)

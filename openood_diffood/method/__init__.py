@@ -1,0 +1,1 @@
+"""The DiffOOD method: the algorithm (:mod:`.diffood`), its solvers, noise, feature spaces and score."""

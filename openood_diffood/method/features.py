@@ -1,0 +1,106 @@
+"""The classifier's view of an image: logits plus the feature space DiffOOD compares, for any classifier.
+
+OpenOOD nets are read through their own ``return_feature`` / ``return_feature_list`` keywords. Any other
+``nn.Module`` works through forward hooks: the penultimate feature is the input of its last ``nn.Linear``
+(torchvision ResNets, the akamaster CIFAR ResNets), and ``layer<k>`` is the output of its child module named
+``layer<k>``. With OpenOOD nets ``layer<k>`` is entry k of ``return_feature_list`` (0 = stem; the last entry is
+pooled by OpenOOD).
+"""
+from __future__ import annotations
+
+import inspect
+import re
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+_LAYER = re.compile(r"^layer(\d+)$")
+
+
+def _accepts(net: nn.Module, kwarg: str) -> bool:
+    try:
+        return kwarg in inspect.signature(net.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def last_linear(net: nn.Module) -> nn.Linear:
+    """The classifier's head: ``get_fc_layer()`` of OpenOOD nets, else its last ``nn.Linear``."""
+    if hasattr(net, "get_fc_layer"):
+        return net.get_fc_layer()
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise TypeError(f"{type(net).__name__} has no nn.Linear: cannot find the penultimate feature "
+                        "(wrap it so that forward(x, return_feature=True) returns (logits, feature))")
+    return linears[-1]
+
+
+class Classifier(nn.Module):
+    """Wraps a classifier so that DiffOOD can read logits, penultimate features and intermediate layers."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.openood_style = _accepts(net, "return_feature") and _accepts(net, "return_feature_list")
+        self.num_classes = last_linear(net).out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits only."""
+        out = self.net(x)
+        return out[0] if isinstance(out, tuple) else out
+
+    def features(self, x: torch.Tensor, space: str,
+                 threshold: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(logits, flattened features) in ``space``: ``logit``, ``feature`` (penultimate, clipped at
+        ``threshold`` when given) or ``layer<k>``."""
+        if space == "logit":
+            logits = self(x)
+            return logits, logits
+        if space == "feature":
+            logits, feat = self.penultimate(x)
+            if threshold is not None:
+                feat = feat.clip(max=threshold)
+            return logits, feat.flatten(1)
+        match = _LAYER.match(space)
+        if match is None:
+            raise ValueError(f"the classifier has no feature space {space!r}: use logit, feature or layer<k>")
+        logits, layer = self.layer(x, int(match.group(1)))
+        return logits, layer.flatten(1)
+
+    def penultimate(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(logits, the input of the last linear layer)."""
+        if self.openood_style:
+            return self.net(x, return_feature=True)
+        captured: List[torch.Tensor] = []
+        handle = last_linear(self.net).register_forward_pre_hook(lambda m, inp: captured.append(inp[0]))
+        try:
+            logits = self(x)
+        finally:
+            handle.remove()
+        return logits, captured[-1]
+
+    def layer(self, x: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(logits, the output of layer k)."""
+        if self.openood_style:
+            logits, feats = self.net(x, return_feature_list=True)
+            if not 0 <= k < len(feats):
+                raise ValueError(f"space layer{k}: the net returns {len(feats)} feature maps "
+                                 f"(layer0..layer{len(feats) - 1})")
+            return logits, feats[k]
+        module = getattr(self.net, f"layer{k}", None)
+        if not isinstance(module, nn.Module):
+            names = [n for n, _ in self.net.named_children() if n.startswith("layer")]
+            raise ValueError(f"space layer{k}: {type(self.net).__name__} has no child module 'layer{k}' (has {names})")
+        captured: List[torch.Tensor] = []
+        handle = module.register_forward_hook(lambda m, inp, out: captured.append(out))
+        try:
+            logits = self(x)
+        finally:
+            handle.remove()
+        return logits, captured[-1]
+
+
+def as_classifier(net: nn.Module) -> Classifier:
+    """Wrap ``net`` (no-op if it is already a :class:`Classifier`)."""
+    return net if isinstance(net, Classifier) else Classifier(net)

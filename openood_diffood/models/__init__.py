@@ -1,0 +1,1 @@
+"""Models and their loading: diffusion backends (pixel, latent), classifier architectures, safe checkpoints."""

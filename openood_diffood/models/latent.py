@@ -1,0 +1,90 @@
+"""Latent diffusion backends: an ``AutoencoderKL`` in front of a DiT transformer or a class-conditional UNet.
+
+The engine sees pixels: ``sample_size`` is the pixel size the model expects (latent size x the VAE's
+downsampling factor, 32 x 8 = 256 for DiT-XL-2-256), ``encode`` takes images in [-1, 1] to scaled latents and
+``decode`` takes them back. :mod:`openood_diffood.models.loading` recognises the layouts from a directory's files.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .diffusion import DiffusionBackend, learned_sigma_eps, resolve_null_class
+
+
+def vae_scale_factor(vae: nn.Module) -> int:
+    """Pixels per latent pixel along one side: 2 ** (number of VAE resolution levels - 1)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+class DiTDenoiser(DiffusionBackend):
+    """A diffusers ``DiTTransformer2DModel`` in its own latent space, called as ``DiTPipeline`` calls it.
+
+    Real classes are ``0 .. num_embeds_ada_norm - 1``; the null class of guidance is ``num_embeds_ada_norm``
+    (the extra row of DiT's label table that classifier-free training drops labels to: 1000 for DiT-XL-2-256).
+    With learned sigma the first half of the output channels is the noise prediction.
+    """
+
+    def __init__(self, transformer: nn.Module, alphas_cumprod: torch.Tensor,
+                 null_class: Optional[int] = None) -> None:
+        classes = transformer.config.num_embeds_ada_norm
+        if classes is None:
+            raise ValueError("the DiT transformer has no class embedding (num_embeds_ada_norm is None); DiffOOD "
+                             "needs a class-conditional DiT such as facebook/DiT-XL-2-256")
+        num_classes, null_class = resolve_null_class(classes + 1, null_class)
+        super().__init__(alphas_cumprod, num_classes, null_class, transformer.config.sample_size)
+        self.transformer = transformer.eval().requires_grad_(False)
+
+    @property
+    def channels(self) -> int:
+        return int(self.transformer.config.in_channels)
+
+    def network(self, z: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        """Epsilon for latents ``z`` at timesteps ``t``; ``labels`` None predicts with the null class."""
+        if labels is None:
+            labels = torch.full((z.shape[0],), self.null_class, device=z.device, dtype=torch.long)
+        out = self.transformer(z.to(self.transformer.dtype), timestep=t, class_labels=labels, return_dict=False)[0]
+        return learned_sigma_eps(out, z.shape[1]).float()
+
+
+class LatentBackend(DiffusionBackend):
+    """A latent denoiser (any :class:`DiffusionBackend` on latents) behind an ``AutoencoderKL``.
+
+    ``encode`` uses the mean of the VAE's posterior, not a sample, so that the latent of an image is
+    deterministic and the only randomness of a score is its per-image diffusion noise. Latents are scaled by the
+    VAE's ``scaling_factor`` (0.18215 for the Stable Diffusion VAE of DiT) after subtracting its
+    ``shift_factor`` when the config has one, as diffusers' pipelines do.
+    """
+
+    def __init__(self, denoiser: DiffusionBackend, vae: nn.Module) -> None:
+        factor = vae_scale_factor(vae)
+        super().__init__(denoiser.alphas_cumprod, denoiser.num_classes, denoiser.null_class,
+                         denoiser.sample_size * factor, denoiser.max_timestep)
+        self.vae_scale_factor = factor
+        self.denoiser = denoiser
+        self.vae = vae.eval().requires_grad_(False)
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
+
+    @property
+    def channels(self) -> int:
+        return int(self.vae.config.in_channels)
+
+    @property
+    def latent_size(self) -> int:
+        """Side of the latent the denoiser works on."""
+        return self.denoiser.sample_size
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> (posterior mean - shift) * scaling_factor."""
+        mean = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean
+        return (mean - self.shift_factor) * self.scaling_factor
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images in [-1, 1] (not clamped)."""
+        return self.vae.decode((z / self.scaling_factor + self.shift_factor).to(self.vae.dtype)).sample
+
+    def network(self, z: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.denoiser.network(z, t, labels)

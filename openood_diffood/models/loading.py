@@ -1,0 +1,160 @@
+"""Load a diffusion backend from a diffusers directory or hub id, recognising the layout from its own files.
+
+* pixel: ``unet/`` (``UNet2DModel``) and ``scheduler/``, as ``python -m openood_diffood train`` writes them;
+* DiT: ``transformer/`` (``DiTTransformer2DModel``), ``vae/`` (``AutoencoderKL``) and ``scheduler/``, as
+  ``DiTPipeline.save_pretrained`` writes them (e.g. a local copy of ``facebook/DiT-XL-2-256``);
+* latent UNet: ``unet/`` (class-conditional ``UNet2DModel``), ``vae/`` and ``scheduler/``.
+
+A name that looks like a local path and does not exist is an error at once (never a hub lookup); a hub id that
+cannot be reached fails within seconds with the command that downloads it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Optional, Set, Union
+
+import torch
+
+from .diffusion import DiffusionBackend, PixelUNetBackend
+from .latent import DiTDenoiser, LatentBackend
+
+#: Subfolders holding the latent denoiser, in the order they are looked for.
+LATENT_DENOISERS = ("transformer", "unet")
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+                "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin")
+HUB_TIMEOUT_SECONDS = 10
+_CARD_MAX_TIMESTEP = re.compile(r"^\|\s*max_timestep\s*\|\s*`?(\d+)`?\s*\|", re.M)
+
+
+def looks_local(name: str) -> bool:
+    """Whether ``name`` reads as a local path rather than a hub id (``org/model``): it starts with ``/``, ``.``
+    or ``~``, has a backslash or more than one ``/``, has no ``/`` at all, or its first part is a local folder."""
+    if name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") != 1:
+        return True
+    return os.path.isdir(name.split("/")[0])
+
+
+def check_model_dir(path: str, latent: bool) -> None:
+    """Name the files a local model directory lacks (pixel layout, or the latent one)."""
+    required = ["scheduler/scheduler_config.json"] + (["vae/config.json"] if latent else [])
+    missing = [p for p in required if not os.path.isfile(os.path.join(path, p))]
+    denoisers = [d for d in (LATENT_DENOISERS if latent else ("unet",))
+                 if os.path.isfile(os.path.join(path, d, "config.json"))]
+    if not denoisers:
+        missing.append(" or ".join(f"{d}/config.json" for d in (LATENT_DENOISERS if latent else ("unet",))))
+    for part in denoisers[:1] + (["vae"] if latent else []):
+        if not any(os.path.isfile(os.path.join(path, part, w)) for w in WEIGHT_FILES):
+            missing.append(f"{part}/{WEIGHT_FILES[0]} (the weights)")
+    if missing:
+        layout = ("A latent model directory holds transformer/ (DiTTransformer2DModel) or unet/ (UNet2DModel), "
+                  "vae/ (AutoencoderKL) and scheduler/, as DiTPipeline.save_pretrained writes them." if latent else
+                  "A model directory holds unet/ (UNet2DModel with its weights) and scheduler/, as written by "
+                  "`python -m openood_diffood train` or diffusers' save_pretrained.")
+        raise FileNotFoundError(f"incomplete diffusion model directory {path!r}: missing {', '.join(missing)}. "
+                                + layout)
+
+
+def components(path: str, **hub_kwargs) -> Set[str]:
+    """Names of the model's parts: ``model_index.json`` entries plus subfolders that hold a ``config.json``."""
+    if not os.path.isdir(path):
+        from diffusers import DiffusionPipeline
+
+        try:
+            index = DiffusionPipeline.load_config(path, **hub_kwargs)
+        except (OSError, ValueError):
+            return set()
+        return {k for k, v in index.items() if isinstance(v, (list, tuple)) and not k.startswith("_")}
+    names = {d for d in os.listdir(path) if os.path.isfile(os.path.join(path, d, "config.json"))}
+    index_file = os.path.join(path, "model_index.json")
+    if os.path.isfile(index_file):
+        with open(index_file) as f:
+            index = json.load(f)
+        names |= {k for k, v in index.items() if isinstance(v, list) and not k.startswith("_")}
+    return names
+
+
+def is_latent_layout(path: Union[str, os.PathLike], **hub_kwargs) -> bool:
+    """True when the model at ``path`` is a latent diffusion model: it has a ``vae`` or a ``transformer``."""
+    return bool({"vae", "transformer"} & components(os.fspath(path), **hub_kwargs))
+
+
+def trained_max_timestep(path: str) -> Optional[int]:
+    """The ``max_timestep`` its model card (``README.md`` of ``python -m openood_diffood train``) records."""
+    card = os.path.join(path, "README.md")
+    if not os.path.isfile(card):
+        return None
+    with open(card, encoding="utf-8") as f:
+        match = _CARD_MAX_TIMESTEP.search(f.read())
+    return int(match.group(1)) if match else None
+
+
+def alphas_cumprod_from_scheduler(path: str, **hub_kwargs) -> torch.Tensor:
+    """The cumulative alpha products of the model's own diffusers scheduler config."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", **hub_kwargs)
+    if scheduler.config.prediction_type != "epsilon":
+        raise ValueError(f"only epsilon-prediction models are supported, the scheduler says "
+                         f"{scheduler.config.prediction_type!r}")
+    return scheduler.alphas_cumprod.double()
+
+
+def _check_hub(repo_id: str, hub_kwargs: dict) -> None:
+    """Fail within seconds when a hub id is neither cached nor reachable."""
+    from huggingface_hub import model_info, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "scheduler/scheduler_config.json"), str):
+        return
+    try:
+        model_info(repo_id, timeout=HUB_TIMEOUT_SECONDS, token=hub_kwargs.get("token"))
+    except Exception as exc:  # offline, unknown repo, no permission: all end the same way
+        raise OSError(f"diffusion model {repo_id!r} is not a local directory and the Hugging Face Hub could not be "
+                      f"reached for it ({type(exc).__name__}); download it where there is a network (`huggingface-cli "
+                      f"download {repo_id} --local-dir <dir>`) and pass that directory") from None
+
+
+def load_diffusion(path: Union[str, os.PathLike], null_class: Optional[int] = None,
+                   torch_dtype: Optional[torch.dtype] = None, **hub_kwargs) -> DiffusionBackend:
+    """Load a diffusion backend from a diffusers directory or hub id (see the module docstring).
+
+    ``null_class`` defaults to the model's extra class (the last class embedding; ``num_embeds_ada_norm`` for DiT).
+    ``torch_dtype`` is the dtype of the weights (default fp32; the engine's autocast sets the compute precision).
+    """
+    path = os.path.expanduser(os.fspath(path))
+    local = os.path.isdir(path)
+    if not local and looks_local(path):
+        raise FileNotFoundError(f"diffusion model directory {path!r} does not exist; pass a directory written by "
+                                "`python -m openood_diffood train` (unet/ + scheduler/) or a hub id (org/name)")
+    if not local:
+        _check_hub(path, hub_kwargs)
+    latent = is_latent_layout(path, **hub_kwargs)
+    if local:
+        check_model_dir(path, latent)
+    max_timestep = trained_max_timestep(path) if local else None
+    alphas_cumprod = alphas_cumprod_from_scheduler(path, **hub_kwargs)
+    from diffusers import UNet2DModel
+
+    if not latent:
+        unet = UNet2DModel.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype, **hub_kwargs)
+        return PixelUNetBackend(unet, alphas_cumprod, null_class=null_class, max_timestep=max_timestep)
+    from diffusers import AutoencoderKL, DiTTransformer2DModel
+
+    parts = components(path, **hub_kwargs)
+    kind = next((d for d in LATENT_DENOISERS if d in parts), None)
+    if kind is None:
+        raise FileNotFoundError(f"latent diffusion model {path!r} has no denoiser: expected transformer/ (DiT) or "
+                                "unet/ (UNet2DModel) next to vae/")
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch_dtype, **hub_kwargs)
+    if kind == "transformer":
+        model = DiTTransformer2DModel.from_pretrained(path, subfolder="transformer", torch_dtype=torch_dtype,
+                                                      **hub_kwargs)
+        denoiser: DiffusionBackend = DiTDenoiser(model, alphas_cumprod, null_class=null_class)
+    else:
+        model = UNet2DModel.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype, **hub_kwargs)
+        denoiser = PixelUNetBackend(model, alphas_cumprod, null_class=null_class, max_timestep=max_timestep)
+    if model.config.in_channels != vae.config.latent_channels:
+        raise ValueError(f"{kind}/ expects {model.config.in_channels} input channels but the VAE makes "
+                         f"{vae.config.latent_channels}-channel latents: the two parts do not belong together")
+    return LatentBackend(denoiser, vae)

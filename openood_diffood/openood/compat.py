@@ -1,0 +1,110 @@
+"""Everything about OpenOOD itself: importing it (with an install hint), the shims its import and its ``.cuda()``
+calls need on some machines, where its checkout keeps ``configs/`` and ``data/``, and its benchmark tables.
+
+Light to import (the start-up hook uses it): torch is imported only by :func:`cuda_calls_stay_put`."""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Dict, Iterator, Optional, Tuple
+
+INSTALL_HINT = (
+    "OpenOOD v1.5 is not on PyPI; install it from its git repository: "
+    "`git clone https://github.com/Jingkang50/OpenOOD && pip install -e OpenOOD` "
+    "(the DiffOOD engine and CLI work without it)")
+
+#: OpenOOD v1.5's benchmarks (``openood/evaluation_api/datasets.py``): classes, near-OOD, far-OOD, csid sets.
+BENCHMARKS: Dict[str, Tuple[int, Tuple[str, ...], Tuple[str, ...], Tuple[str, ...]]] = {
+    "cifar10": (10, ("cifar100", "tin"), ("mnist", "svhn", "texture", "places365"), ("cifar10c",)),
+    "cifar100": (100, ("cifar10", "tin"), ("mnist", "svhn", "texture", "places365"), ()),
+    "imagenet200": (200, ("ssb_hard", "ninco"), ("inaturalist", "textures", "openimage_o"),
+                    ("imagenet_v2", "imagenet_c", "imagenet_r")),
+    "imagenet": (1000, ("ssb_hard", "ninco"), ("inaturalist", "textures", "openimage_o"),
+                 ("imagenet_v2", "imagenet_c", "imagenet_r", "imagenet_es")),
+}
+#: The classifier OpenOOD's eval scripts build for each benchmark (torchvision names for the ImageNet ones here).
+DEFAULT_ARCH = {"cifar10": "resnet18_32x32", "cifar100": "resnet18_32x32", "imagenet200": "resnet18",
+                "imagenet": "resnet50"}
+
+
+class _LibmrMissing(types.ModuleType):
+    """Stands in for ``libmr`` (OpenMax's dependency, which has no wheel) so that OpenOOD imports."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(f"libmr.{name}: libmr is not installed, and OpenOOD's OpenMax postprocessor needs it "
+                             "(pip install libmr)")
+
+
+def install_import_shims() -> None:
+    """What OpenOOD's import needs on current stacks, added only where missing: ``np.sctypes`` (read by imgaug
+    0.4, removed in NumPy 2) and a ``libmr`` module (OpenMax only)."""
+    import numpy as np
+
+    if not hasattr(np, "sctypes"):
+        np.sctypes = {"int": [np.int8, np.int16, np.int32, np.int64],
+                      "uint": [np.uint8, np.uint16, np.uint32, np.uint64],
+                      "float": [np.float16, np.float32, np.float64], "complex": [np.complex64, np.complex128],
+                      "others": [bool, object, bytes, str, np.void]}
+    if "libmr" not in sys.modules and importlib.util.find_spec("libmr") is None:
+        sys.modules["libmr"] = _LibmrMissing("libmr")
+
+
+def require_openood(module: str = "openood") -> types.ModuleType:
+    """Import an OpenOOD module (with :func:`install_import_shims`) or raise an ImportError that says how to
+    install OpenOOD."""
+    install_import_shims()
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if exc.name is not None and exc.name.split(".")[0] != "openood":
+            raise  # OpenOOD is there but one of its own dependencies is missing: show that error
+        raise ImportError(f"{module} is needed here. {INSTALL_HINT}") from exc
+
+
+def openood_available() -> bool:
+    """True when OpenOOD can be imported."""
+    return importlib.util.find_spec("openood") is not None
+
+
+def openood_checkout() -> Optional[Path]:
+    """The folder holding OpenOOD's package, ``configs/`` and ``scripts/`` (an editable install from a clone),
+    or None when OpenOOD is installed without them."""
+    spec = importlib.util.find_spec("openood")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(list(spec.submodule_search_locations)[0]).resolve().parent
+    return root if (root / "configs").is_dir() else None
+
+
+@contextlib.contextmanager
+def cuda_calls_stay_put(announce: bool = False) -> Iterator[bool]:
+    """Inside the block, without CUDA, ``Tensor.cuda()`` and ``Module.cuda()`` return their object unchanged, so
+    OpenOOD's unconditional ``.cuda()`` calls run on the CPU. Yields whether the shim is active (with
+    ``announce``, it says so once on stderr)."""
+    import torch
+
+    if torch.cuda.is_available():
+        yield False
+        return
+    if announce:
+        print("note: CUDA is not available: OpenOOD's .cuda() calls leave tensors and models on the CPU for this run",
+              file=sys.stderr, flush=True)
+    tensor_cuda, module_cuda = torch.Tensor.cuda, torch.nn.Module.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    torch.nn.Module.cuda = lambda self, *args, **kwargs: self
+    try:
+        yield True
+    finally:
+        torch.Tensor.cuda, torch.nn.Module.cuda = tensor_cuda, module_cuda
+
+
+def environment_flag(name: str, default: bool = True) -> bool:
+    """An on/off environment variable (``0``, ``false``, ``no``, ``off`` mean off)."""
+    return os.environ.get(name, "1" if default else "0").lower() not in ("0", "false", "no", "off")

@@ -1,0 +1,115 @@
+"""DiffOOD as an OpenOOD v1.5 postprocessor (``name: diffood`` in ``configs/postprocessors/diffood.yml``)."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..config import ConfigError, DiffOODSettings, check_keys, plain, split_mapping
+from ..method.calibration import Calibration
+from ..method.normalization import DATASET_STATS
+from ..runtime.distributed import init_from_env, local_device, rank_and_world, score_loader
+from ..runtime.engine import DiffOOD
+from .compat import require_openood
+
+BasePostprocessor = require_openood("openood.postprocessors.base_postprocessor").BasePostprocessor
+
+#: Sweep keys in ``postprocessor_sweep`` and the setting each one drives.
+SWEEP_KEYS = {"timestep_list": "timestep", "guidance_list": "guidance", "repeats_list": "repeats"}
+#: What pickling keeps (``scripts/eval_ood.py`` pickles the postprocessor after APS): the config, the settings,
+#: the sweep, APS's state and the calibration; never the models or a data loader.
+PICKLED = ("config", "settings", "options", "args_dict", "APS_mode", "hyperparam_search_done", "_calibrated")
+
+
+class DiffOODPostprocessor(BasePostprocessor):
+    """OpenOOD postprocessor: ``conf = -DiffOOD score`` (higher = more in-distribution).
+
+    ``setup`` puts the net in eval mode and loads the diffusion model named by ``postprocessor_args.diffusion``
+    (or ``DIFFOOD_DIFFUSION``); ``postprocess(net, data)`` returns ``(pred, conf)``; ``inference`` runs on the net's
+    device with a progress bar. APS sweeps ``timestep_list``, ``guidance_list`` and ``repeats_list``. A pickled
+    postprocessor holds its settings only (well under 1 MB); ``setup`` of a reloaded one loads the models again.
+    """
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        pp = config.postprocessor
+        args = plain(dict(pp.postprocessor_args or {}))
+        dataset = (config.dataset or {}).get("name") if isinstance(config.dataset, dict) else None
+        base = DiffOODSettings()
+        if "dataset" not in args and "mean" not in args and dataset in DATASET_STATS:
+            base = base.replace(dataset=dataset)
+        self.settings, options = split_mapping(args, base)
+        self.options = options.with_environment()
+        self.args_dict: Dict[str, List[Any]] = plain(dict(pp.postprocessor_sweep or {}))
+        check_keys(self.args_dict, SWEEP_KEYS, where="postprocessor_sweep")
+        self.APS_mode = bool(pp.APS_mode)
+        self.hyperparam_search_done = False
+        self.engine: Optional[DiffOOD] = None
+        self.id_val_loader: Any = None
+        self._calibrated: Optional[Tuple[DiffOODSettings, Calibration]] = None
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {k: self.__dict__[k] for k in PICKLED}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state, engine=None, id_val_loader=None)
+
+    def setup(self, net: nn.Module, id_loader_dict: Any = None, ood_loader_dict: Any = None) -> None:
+        """Bind the classifier and load the diffusion model once (test loaders are never touched; with
+        ``combine: energy`` the ID val loader calibrates the combination)."""
+        net.eval()
+        if isinstance(id_loader_dict, dict) and id_loader_dict.get("val") is not None:
+            self.id_val_loader = id_loader_dict["val"]
+        if self.engine is not None and self.engine.classifier.net is net:
+            return
+        if self.options.diffusion is None:
+            raise ConfigError(
+                "no diffusion model: set postprocessor.postprocessor_args.diffusion in diffood.yml to a diffusers "
+                "directory (unet/ + scheduler/) or hub id, or export DIFFOOD_DIFFUSION=<dir>")
+        init_from_env()  # under torchrun: join the process group, one GPU per rank
+        device = local_device() or next(net.parameters()).device
+        diffusion = self.engine.diffusion if self.engine is not None else None
+        self.engine = DiffOOD(net, diffusion, self.settings, self.options.replace(device=str(device)))
+
+    def _engine_for(self, net: nn.Module) -> DiffOOD:
+        """The engine for ``net`` under the current settings, calibrated when ``combine`` needs it."""
+        if self.engine is None or self.engine.classifier.net is not net:
+            self.setup(net)
+        if self.engine.settings != self.settings:
+            self.engine = self.engine.replace(**self.settings.as_dict())
+        if self.settings.combine is not None and self.engine.calibration is None:
+            if self._calibrated is not None and self._calibrated[0] == self.settings:
+                self.engine.calibration = self._calibrated[1]
+            else:
+                self._calibrated = (self.settings, self.engine.calibrate(self._val_batches()))
+        return self.engine
+
+    def _val_batches(self):
+        if self.id_val_loader is None:
+            raise ConfigError(f"combine: {self.settings.combine} needs ID validation images: call setup(net, "
+                              "id_loader_dict) with a 'val' loader (OpenOOD's Evaluator does), or set combine: null")
+        return (batch["data"] for batch in tqdm(self.id_val_loader, desc="diffood: calibrating on ID val",
+                                                disable=rank_and_world()[0] != 0, leave=False))
+
+    @torch.no_grad()
+    def postprocess(self, net: nn.Module, data: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+        out = self._engine_for(net).score(data)
+        return out.pred, -out.score
+
+    def inference(self, net: nn.Module, data_loader: Any, progress: bool = True) -> Tuple[np.ndarray, ...]:
+        """(pred, conf, label) as numpy arrays over a loader of OpenOOD batches (under torchrun every rank scores
+        its share and returns the whole set; with ``cache_dir`` finished batches are never scored again)."""
+        score, pred, label = score_loader(self._engine_for(net), data_loader, progress=progress)
+        return pred.astype(int), -score, label.astype(int)
+
+    def set_hyperparam(self, hyperparam: List[Any]) -> None:
+        """Set the swept settings, in the order of ``postprocessor_sweep``'s keys (OpenOOD's APS contract)."""
+        self.settings = self.settings.replace(**{SWEEP_KEYS[k]: v for k, v in zip(self.args_dict, hyperparam)})
+        if self.engine is not None:
+            self.engine = self.engine.replace(**self.settings.as_dict())
+
+    def get_hyperparam(self) -> List[Any]:
+        return [getattr(self.settings, SWEEP_KEYS[k]) for k in self.args_dict]

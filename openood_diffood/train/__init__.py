@@ -1,0 +1,1 @@
+"""``python -m openood_diffood train``: the class-conditional diffusion model DiffOOD denoises with."""
