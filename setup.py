@@ -42,6 +42,7 @@ setup(
         "matplotlib>=3.7",
         "pyyaml>=6",
         "tqdm>=4.60",
+        "tabulate>=0.9",
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["openood-diffood=openood_diffood.cli:main"]},

@@ -22,6 +22,8 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 from sklearn import metrics as skm
 
+from .tables import format_table
+
 METRICS = ("FPR@95", "AUROC", "AUPR_IN", "AUPR_OUT")
 COLUMNS = METRICS + ("ACC",)
 SPLITS = ("near", "far")
@@ -112,14 +114,9 @@ def _fmt(cell: Dict[str, float], runs: int) -> str:
 def format_method_table(method: str, runs: Sequence[MethodResult]) -> str:
     """OpenOOD's per-method table (rows: OOD sets, nearood, farood; columns: FPR@95 .. ACC) as text."""
     agg = aggregate(runs)
-    cells = {row: [_fmt(agg[row][k], len(runs)) for k in COLUMNS] for row in agg}
-    first = max(len(r) for r in agg)
-    widths = [max(len(c), *(len(cells[r][i]) for r in cells)) for i, c in enumerate(COLUMNS)]
-    lines = [f"== {method}" + (f" (mean \u00b1 std over {len(runs)} runs)" if len(runs) > 1 else ""),
-             " " * first + "  " + "  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths))]
-    for row, values in cells.items():
-        lines.append(row.ljust(first) + "  " + "  ".join(v.rjust(w) for v, w in zip(values, widths)))
-    return "\n".join(lines)
+    title = f"== {method}" + (f" (mean \u00b1 std over {len(runs)} runs)" if len(runs) > 1 else "")
+    rows = [[row, *[_fmt(agg[row][k], len(runs)) for k in COLUMNS]] for row in agg]
+    return title + "\n" + format_table(["", *COLUMNS], rows)
 
 
 def format_summary(results: Mapping[str, Sequence[MethodResult]]) -> str:
@@ -130,16 +127,9 @@ def format_summary(results: Mapping[str, Sequence[MethodResult]]) -> str:
     for method, runs in results.items():
         agg = aggregate(runs)
         any_row = next(iter(agg))
-        cells = []
-        for _, row, metric in cols:
-            row = row or any_row
-            cells.append(_fmt(agg[row][metric], len(runs)) if row in agg else "-")
-        rows.append((method, cells))
-    name_w = max(len("method"), *(len(m) for m, _ in rows))
-    widths = [max(len(c[0]), *(len(r[1][i]) for r in rows)) for i, c in enumerate(cols)]
-    lines = ["method".ljust(name_w) + "  " + "  ".join(c[0].rjust(w) for c, w in zip(cols, widths))]
-    lines += [m.ljust(name_w) + "  " + "  ".join(v.rjust(w) for v, w in zip(cells, widths)) for m, cells in rows]
-    return "\n".join(lines)
+        rows.append([method, *[_fmt(agg[row or any_row][metric], len(runs)) if (row or any_row) in agg else "-"
+                               for _, row, metric in cols]])
+    return format_table(["method", *(c[0] for c in cols)], rows)
 
 
 def write_results(out_dir: str, results: Mapping[str, Sequence[MethodResult]],
