@@ -152,3 +152,40 @@ class DictDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return {"data": self.x[i], "label": int(self.y[i])}
+
+
+def write_openood_data_root(root: Path, n_per_list: int = 3) -> None:
+    """Every imglist OpenOOD's cifar10 benchmark reads, each with a few random 32x32 PNGs (OpenOOD's layout), and a
+    non-empty folder per dataset, so that OpenOOD's Evaluator downloads nothing."""
+    from PIL import Image
+
+    from openood_diffood.openood.compat import require_openood
+
+    datasets = require_openood("openood.evaluation_api.datasets")
+    DATA_INFO, benchmarks_dict, dir_dict = datasets.DATA_INFO, datasets.benchmarks_dict, datasets.dir_dict
+
+    rng = np.random.default_rng(0)
+    entries = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "imglist_path" in node:
+                entries.append(node)
+            for v in node.values():
+                walk(v)
+
+    walk(DATA_INFO["cifar10"])
+    for name in benchmarks_dict["cifar10"]:
+        folder = next(k for k, v in dir_dict.items() if name in v)
+        (root / folder / name).mkdir(parents=True, exist_ok=True)
+        (root / folder / name / "present").touch()  # a non-empty folder: OpenOOD downloads nothing
+    for k, e in enumerate(entries):
+        lst = root / e["imglist_path"]
+        lst.parent.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for i in range(n_per_list):
+            rel = f"cifar10/list{k}_{i}.png"
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / e["data_dir"] / rel)
+            label = i % 10 if "cifar10" in lst.name and "cifar100" not in lst.name else -1
+            lines.append(f"{rel} {label}")
+        lst.write_text("\n".join(lines) + "\n")

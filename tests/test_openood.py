@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, TinyNet, write_tiny_diffusion
+from conftest import REPO, TinyNet, write_openood_data_root, write_tiny_diffusion
 
 TESTS = Path(__file__).resolve().parent
 
@@ -98,47 +98,36 @@ def test_postprocessor_contract(tmp_path, tiny_diffusion_dir):
         pp.inference(net, [], progress=False)
 
 
-def _write_openood_data_root(root: Path, n_per_list: int = 3) -> None:
-    """Every imglist the cifar10 benchmark reads, each with a few random 32x32 PNGs (OpenOOD's layout)."""
-    from PIL import Image
+def test_pickled_postprocessor_keeps_its_settings_only_and_scores_the_same(tmp_path, tiny_diffusion_dir):
+    """scripts/eval_ood.py pickles the postprocessor after APS and reloads it on the next run."""
+    import pickle
 
-    from openood_diffood.openood.compat import require_openood
-
-    datasets = require_openood("openood.evaluation_api.datasets")
-    DATA_INFO, benchmarks_dict, dir_dict = datasets.DATA_INFO, datasets.benchmarks_dict, datasets.dir_dict
-
-    rng = np.random.default_rng(0)
-    entries = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "imglist_path" in node:
-                entries.append(node)
-            for v in node.values():
-                walk(v)
-
-    walk(DATA_INFO["cifar10"])
-    for name in benchmarks_dict["cifar10"]:
-        folder = next(k for k, v in dir_dict.items() if name in v)
-        (root / folder / name).mkdir(parents=True, exist_ok=True)
-        (root / folder / name / "present").touch()  # a non-empty folder: OpenOOD downloads nothing
-    for k, e in enumerate(entries):
-        lst = root / e["imglist_path"]
-        lst.parent.mkdir(parents=True, exist_ok=True)
-        lines = []
-        for i in range(n_per_list):
-            rel = f"cifar10/list{k}_{i}.png"
-            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / e["data_dir"] / rel)
-            label = i % 10 if "cifar10" in lst.name and "cifar100" not in lst.name else -1
-            lines.append(f"{rel} {label}")
-        lst.write_text("\n".join(lines) + "\n")
+    pp = diffood_postprocessor(tmp_path, tiny_diffusion_dir)
+    pp.args_dict = {"timestep_list": [40, 60], "repeats_list": [2]}
+    net = TinyNet()
+    g = torch.Generator().manual_seed(0)
+    data = [{"data": torch.randn(5, 3, 8, 8, generator=g) * 0.5, "label": torch.arange(5) % 3}]
+    pp.setup(net, {"train": data, "val": data}, {"val": data})
+    pp.set_hyperparam([60, 2])  # as APS leaves it
+    pp.hyperparam_search_done = True
+    _, conf, _ = pp.inference(net, data, progress=False)
+    blob = pickle.dumps(pp, pickle.HIGHEST_PROTOCOL)
+    assert len(blob) < 100_000 and b"UNet2DModel" not in blob and b"TinyNet" not in blob  # no model, no loader
+    again = pickle.loads(blob)
+    assert again.engine is None and again.get_hyperparam() == [60, 2] and again.hyperparam_search_done
+    os.environ["DIFFOOD_DIFFUSION"] = str(tiny_diffusion_dir)
+    try:
+        again.setup(net, {"train": data, "val": data}, {"val": data})  # loads the diffusion model again
+    finally:
+        del os.environ["DIFFOOD_DIFFUSION"]
+    np.testing.assert_array_equal(again.inference(net, data, progress=False)[1], conf)
 
 
 def test_real_evaluator_drives_diffood_by_name(tmp_path):
     """OpenOOD's own Evaluator, with postprocessor_name='diffood', on a small data root written here."""
     model_dir = write_tiny_diffusion(tmp_path / "diffusion", num_classes=10, sample_size=32)
     data_root = tmp_path / "data"
-    _write_openood_data_root(data_root)
+    write_openood_data_root(data_root)
     # a diffood.yml in config_root takes precedence over the packaged one: cheap settings, APS on
     from openood_diffood.openood.registry import config_path
 

@@ -8,10 +8,11 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import pickle
 import sys
 import types
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 INSTALL_HINT = (
     "OpenOOD v1.5 is not on PyPI; install it from its git repository: "
@@ -108,3 +109,34 @@ def cuda_calls_stay_put(announce: bool = False) -> Iterator[bool]:
 def environment_flag(name: str, default: bool = True) -> bool:
     """An on/off environment variable (``0``, ``false``, ``no``, ``off`` mean off)."""
     return os.environ.get(name, "1" if default else "0").lower() not in ("0", "false", "no", "off")
+
+
+#: What a pickle of OpenOOD's leaderboard layout (``s*/postprocessors/*.pkl``, ``s*/scores/*.pkl``) may reference:
+#: OpenOOD's and this package's classes, NumPy / pandas / scikit-learn / SciPy / faiss data, torch tensors.
+PICKLE_MODULES = ("openood.", "openood_diffood.", "numpy", "pandas.", "sklearn.", "scipy.", "faiss", "collections",
+                  "copyreg", "_codecs", "torch._utils", "torch.storage", "torch._tensor")
+PICKLE_BUILTINS = frozenset({"set", "frozenset", "slice", "range", "complex", "bytearray", "object", "dict", "list",
+                             "tuple", "int", "float", "bool", "str", "bytes"})
+PICKLE_TORCH = frozenset({"device", "Size", "dtype", "float32", "float16", "bfloat16", "float64", "int64", "int32",
+                          "uint8", "bool", "FloatStorage", "LongStorage", "IntStorage", "ByteStorage", "BoolStorage",
+                          "DoubleStorage", "HalfStorage", "BFloat16Storage"})
+
+
+class _LeaderboardUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = (module.startswith(PICKLE_MODULES) or (module == "builtins" and name in PICKLE_BUILTINS)
+                   or (module == "torch" and name in PICKLE_TORCH))
+        if not allowed:
+            raise pickle.UnpicklingError(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def safe_pickle_load(path: str) -> Any:
+    """Read a pickle OpenOOD's scripts wrote, refusing anything but the data and classes :data:`PICKLE_MODULES`
+    names (so a pickle cannot call arbitrary code); a refusal names the object and the way out."""
+    with open(path, "rb") as f:
+        try:
+            return _LeaderboardUnpickler(f).load()
+        except pickle.UnpicklingError as exc:
+            raise ValueError(f"{path} references {exc}, which this command does not unpickle (it could run code); "
+                             "delete the file and it is computed again") from None

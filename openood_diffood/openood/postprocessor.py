@@ -65,6 +65,7 @@ class DiffOODPostprocessor(BasePostprocessor):
             self.id_val_loader = id_loader_dict["val"]
         if self.engine is not None and self.engine.classifier.net is net:
             return
+        self.options = self.options.with_environment()  # a reloaded pickle meets today's environment
         if self.options.diffusion is None:
             raise ConfigError(
                 "no diffusion model: set postprocessor.postprocessor_args.diffusion in diffood.yml to a diffusers "
