@@ -47,6 +47,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (ValueError, OSError, ImportError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            hint = getattr(args, "resume_hint", None)
+            print(f"\ninterrupted: {hint or 'nothing had finished yet'}", file=sys.stderr)
+            return 130
     return 0
 
 

@@ -9,6 +9,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2
 from torch import nn
 
 from openood_diffood.method.normalization import DATASET_STATS
+from openood_diffood.models.networks import cifar_resnet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -189,3 +190,36 @@ def write_openood_data_root(root: Path, n_per_list: int = 3) -> None:
             label = i % 10 if "cifar10" in lst.name and "cifar100" not in lst.name else -1
             lines.append(f"{rel} {label}")
         lst.write_text("\n".join(lines) + "\n")
+
+
+def rgb_images(n, seed, size=8, shift=0):
+    """``n`` random uint8 RGB images (N, size, size, 3) around grey level 128 + shift."""
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(128 + shift, 50, (n, size, size, 3)), 0, 255).astype(np.uint8)
+
+
+def save_npz(path, images, labels=None):
+    """An .npz with ``images`` (and ``labels``) as the eval command reads it; returns its path as a string."""
+    arrays = {"images": images} if labels is None else {"images": images, "labels": np.asarray(labels)}
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny diffusion model, a 3-class CIFAR ResNet-20 (two OpenOOD-style runs s0/s1) and tiny .npz sets."""
+    root = tmp_path_factory.mktemp("cli")
+    write_tiny_diffusion(root / "diffusion")
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        (root / "runs" / f"s{seed}").mkdir(parents=True)
+        torch.save(cifar_resnet(20, num_classes=3).state_dict(), root / "runs" / f"s{seed}" / "best.ckpt")
+    labels = np.arange(12) % 3
+    return {
+        "root": root,
+        "ckpt": str(root / "runs" / "s0" / "best.ckpt"),
+        "id": save_npz(root / "id.npz", rgb_images(12, 0), labels),
+        "near": save_npz(root / "near.npz", rgb_images(12, 1, shift=40)),
+        "far": save_npz(root / "far.npz", rgb_images(12, 2, shift=-90)),
+        "fit": save_npz(root / "fit.npz", rgb_images(60, 3), np.arange(60) % 3),
+    }

@@ -12,44 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, write_tiny_diffusion
+from conftest import REPO, rgb_images, save_npz
 from openood_diffood import cli
-from openood_diffood.models.networks import cifar_resnet
 
 METHODS = ["diffood", "msp", "ebo", "mls", "react", "vim", "knn"]
 NORM = ["--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25"]
 FAST = ["--timestep", "100", "--stride", "50", "--repeats", "1", "--no-progress"]
-
-
-def _images(n, seed, size=8, shift=0):
-    rng = np.random.default_rng(seed)
-    return np.clip(rng.normal(128 + shift, 50, (n, size, size, 3)), 0, 255).astype(np.uint8)
-
-
-def _npz(path, images, labels=None):
-    arrays = {"images": images} if labels is None else {"images": images, "labels": np.asarray(labels)}
-    np.savez(path, **arrays)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny diffusion model, a 3-class CIFAR ResNet-20 (two OpenOOD-style runs s0/s1) and tiny .npz sets."""
-    root = tmp_path_factory.mktemp("cli")
-    write_tiny_diffusion(root / "diffusion")
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        (root / "runs" / f"s{seed}").mkdir(parents=True)
-        torch.save(cifar_resnet(20, num_classes=3).state_dict(), root / "runs" / f"s{seed}" / "best.ckpt")
-    labels = np.arange(12) % 3
-    return {
-        "root": root,
-        "ckpt": str(root / "runs" / "s0" / "best.ckpt"),
-        "id": _npz(root / "id.npz", _images(12, 0), labels),
-        "near": _npz(root / "near.npz", _images(12, 1, shift=40)),
-        "far": _npz(root / "far.npz", _images(12, 2, shift=-90)),
-        "fit": _npz(root / "fit.npz", _images(60, 3), np.arange(60) % 3),
-    }
 
 
 def _summary(stdout: str) -> dict:
@@ -124,17 +92,17 @@ def _eval_args(tiny, **replace):
 ])
 def test_bad_inputs_get_clear_errors(tiny, tmp_path, capsys, problem, match):
     args = {
-        "labels": _eval_args(tiny, **{"--id-test": _npz(tmp_path / "bad.npz", _images(6, 5), [0, 1, 2, 5, 0, 1])}),
-        "sizes": _eval_args(tiny, **{"--far": f"f={_npz(tmp_path / 'small.npz', _images(6, 5, size=6))}"}),
+        "labels": _eval_args(tiny, **{"--id-test": save_npz(tmp_path / "bad.npz", rgb_images(6, 5), [0, 1, 2, 5, 0, 1])}),
+        "sizes": _eval_args(tiny, **{"--far": f"f={save_npz(tmp_path / 'small.npz', rgb_images(6, 5, size=6))}"}),
         "missing": _eval_args(tiny, **{"--near": f"n={tmp_path / 'nowhere.npz'}"}),
-        "no_images": _eval_args(tiny, **{"--near": "n=" + _npz(tmp_path / "x.npz", _images(2, 0))
+        "no_images": _eval_args(tiny, **{"--near": "n=" + save_npz(tmp_path / "x.npz", rgb_images(2, 0))
                                          .replace("x.npz", "y.npz")}),
         "baseline": _eval_args(tiny) + ["--postprocessor", "msp", "nosuchbaseline"],
         "arch": [a if a != "cifar_resnet20" else "cifar_resnet32" for a in _eval_args(tiny)],
         "no_diffusion": _eval_args(tiny) + ["--postprocessor", "diffood"],
     }[problem]
     if problem == "no_images":
-        np.savez(tmp_path / "y.npz", pixels=_images(2, 0))
+        np.savez(tmp_path / "y.npz", pixels=rgb_images(2, 0))
     code, _, err = _run_main(args, capsys)
     assert code == 2 and err.startswith("error: ") and match in err, err  # fails before any scoring
     if problem == "baseline":
@@ -241,7 +209,7 @@ def test_classifier_loading_reads_the_class_count(tiny, tmp_path):
 def test_limit_picks_the_same_subset_whatever_else_is_loaded():
     from openood_diffood.evaluate.benchmark import ImageSet
 
-    s = ImageSet("tin", _images(50, 0), np.arange(50) % 5)
+    s = ImageSet("tin", rgb_images(50, 0), np.arange(50) % 5)
     a, b = s.limited(10, seed=0), s.limited(10, seed=0)
     assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels) and len(a.images) == 10
     assert not np.array_equal(s.limited(10, seed=1).images, a.images)
@@ -249,7 +217,7 @@ def test_limit_picks_the_same_subset_whatever_else_is_loaded():
 
 
 def test_fsood_counts_csid_sets_as_id(tiny, tmp_path, capsys):
-    csid = _npz(tmp_path / "csid.npz", _images(6, 7, shift=20), np.arange(6) % 3)
+    csid = save_npz(tmp_path / "csid.npz", rgb_images(6, 7, shift=20), np.arange(6) % 3)
     out = tmp_path / "out"
     code, _, err = _run_main(_eval_args(tiny) + ["--fsood", "--csid", f"shifted={csid}", "--out", str(out),
                                                  "--save-score", "--save-csv"], capsys)

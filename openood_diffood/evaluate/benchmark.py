@@ -9,31 +9,31 @@ import time
 import warnings
 import zlib
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ..hashing import item_digests
 from ..method.features import as_classifier
 from ..method.normalization import Normalization
+from ..runtime.cache import module_fingerprint
 from ..runtime.engine import DiffOOD
 from . import metrics, plots
-from .baselines import make_baselines
+from .runners import DIFFOOD, DiffOODMethod, SetStore, baseline_identity, build_runners, check_fit_data
 
-DIFFOOD = "diffood"
 DEFAULT_METHODS = (DIFFOOD, "msp", "ebo", "mls", "react", "vim", "knn")
 
 
 @dataclass
 class ImageSet:
-    """A named set of uint8 NHWC images (``labels`` for ID sets, None for OOD sets)."""
+    """A named set of uint8 NHWC images (``labels`` for ID sets, None for OOD sets; ``classes`` names them)."""
 
     name: str
     images: np.ndarray
     labels: Optional[np.ndarray] = None
+    classes: Optional[Sequence[str]] = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
@@ -50,7 +50,11 @@ class ImageSet:
             return self
         rng = np.random.default_rng([seed, zlib.crc32(self.name.encode())])
         idx = np.sort(rng.choice(len(self.images), limit, replace=False))
-        return ImageSet(self.name, self.images[idx], None if self.labels is None else self.labels[idx])
+        return ImageSet(self.name, self.images[idx], None if self.labels is None else self.labels[idx], self.classes)
+
+    def grey_to_rgb(self) -> "ImageSet":
+        """The set with a grey channel repeated three times (as OpenOOD's loaders turn MNIST into RGB)."""
+        return ImageSet(self.name, np.repeat(self.images, 3, axis=-1), self.labels, self.classes)
 
 
 @dataclass
@@ -79,13 +83,25 @@ class Benchmark:
                          None if self.fit is None else self.fit.limited(fit_limit, seed),
                          [s.limited(limit, seed) for s in self.csid])
 
+    def matching_channels(self) -> "Benchmark":
+        """Grey sets made RGB (with a warning) when the ID test set is RGB, as OpenOOD treats MNIST."""
+        if self.id_test.images.shape[-1] != 3:
+            return self
+        grey = [s.name for _, s in self.all_sets() if s.images.shape[-1] == 1]
+        if not grey:
+            return self
+        warnings.warn(f"grey set(s) {', '.join(grey)} repeated to three channels to match the RGB ID test set")
+        convert = lambda s: s.grey_to_rgb() if s.images.shape[-1] == 1 else s  # noqa: E731
+        return Benchmark(self.id_test, {k: [convert(s) for s in v] for k, v in self.ood.items()}, self.normalization,
+                         None if self.fit is None else convert(self.fit), [convert(s) for s in self.csid])
+
     def validate(self, num_classes: int) -> None:
         """Clear errors for label / size problems; a warning where an OOD set shares images with the ID set."""
         shapes = {f"{role}:{s.name}": s.images.shape[1:] for role, s in self.all_sets()}
         if len(set(shapes.values())) > 1:
             listing = ", ".join(f"{k} {h}x{w}x{c}" for k, (h, w, c) in shapes.items())
-            raise ValueError(f"images of mixed sizes ({listing}): resize every set to one size, the classifier's "
-                             "input size")
+            raise ValueError(f"images of mixed sizes ({listing}): resize every set to the classifier's input size "
+                             "(--image-size N)")
         if self.normalization.channels != shapes[f"id:{self.id_test.name}"][-1]:
             raise ValueError(f"mean/std have {self.normalization.channels} values but the images have "
                              f"{shapes[f'id:{self.id_test.name}'][-1]} channels: give one per channel")
@@ -126,26 +142,6 @@ def calibration_batches(bench: Benchmark, batch_size: Union[int, str], seed: int
     return normalized_batches(images, bench.normalization, batch_size if isinstance(batch_size, int) else 64)
 
 
-class DiffOODMethod:
-    """The DiffOOD engine behind the same ``fit`` / ``score`` calls as the baselines."""
-
-    name, backend, needs_fit = DIFFOOD, "openood_diffood", False
-
-    def __init__(self, engine: DiffOOD) -> None:
-        self.engine = engine
-
-    def fit(self, batches: object) -> "DiffOODMethod":
-        """Nothing to fit."""
-        return self
-
-    def score(self, batches: Iterable[torch.Tensor], progress: bool = True, desc: str = "",
-              total: Optional[int] = None) -> np.ndarray:
-        """DiffOOD scores (higher = more OOD)."""
-        out = [self.engine.score(x).score
-               for x in tqdm(batches, desc=desc or DIFFOOD, total=total, disable=not progress, leave=False)]
-        return torch.cat(out).numpy()
-
-
 @dataclass
 class RunScores:
     """Every method's scores for one classifier: ``id[method]`` and ``ood[method][split][set]``."""
@@ -169,32 +165,53 @@ def predictions(net: nn.Module, images: np.ndarray, bench: Benchmark, batch_size
 
 def score_benchmark(net: nn.Module, bench: Benchmark, methods: Sequence[str], *, engine: Optional[DiffOOD],
                     backend: str = "auto", id_name: str = "cifar10", batch_size: int = 200, fsood: bool = False,
-                    device: torch.device = torch.device("cpu"), progress: bool = True) -> RunScores:
-    """Fit (where needed) and run every method on the ID test set (plus csid sets with ``fsood``) and OOD sets."""
-    baseline_names = [m for m in methods if m != DIFFOOD]
-    runners = {b.name: b for b in make_baselines(baseline_names, net, backend, id_name)}
-    if DIFFOOD in methods:
-        if engine is None:
-            raise ValueError("method 'diffood' needs a diffusion model (--diffusion <diffusers dir>)")
-        runners[DIFFOOD] = DiffOODMethod(engine)
+                    device: torch.device = torch.device("cpu"), progress: bool = True,
+                    runners: Optional[Mapping[str, Any]] = None, cache_dir: Optional[str] = None,
+                    on_method: Optional[Callable[[str, "RunScores"], None]] = None) -> RunScores:
+    """Fit (where needed) and run every method on the ID test set (plus csid sets with ``fsood``) and OOD sets.
+
+    ``runners`` are the methods already built (:func:`.runners.build_runners`); with ``cache_dir`` the finished
+    (method, set) scores of the baselines are kept there and read back; ``on_method(name, scores)`` is called as
+    each method finishes."""
+    runners = runners or build_runners(net, methods, engine, backend, id_name)
+    check_fit_data(runners, bench.fit is not None)
     id_sets = [bench.id_test] + (bench.csid if fsood else [])
     id_images = np.concatenate([s.images for s in id_sets])
     id_labels = np.concatenate([s.labels for s in id_sets])
     scores = RunScores({}, {}, predictions(net, id_images, bench, batch_size, device), id_labels, {}, {})
-
-    def run(method, images: np.ndarray, desc: str) -> np.ndarray:
-        bs = method.engine.batch_size if isinstance(method, DiffOODMethod) else batch_size
-        return method.score(normalized_batches(images, bench.normalization, bs), progress, desc,
-                            total=-(-len(images) // bs))
+    fingerprint = module_fingerprint(net) if cache_dir else ""
 
     for name in methods:
         method, start = runners[name], time.perf_counter()
-        method.fit(_fit_batches(bench, batch_size) if method.needs_fit else None)
-        scores.id[name] = run(method, id_images, f"{name} | ID")
-        scores.ood[name] = {split: {s.name: run(method, s.images, f"{name} | {s.name}") for s in sets}
+        store = None
+        if cache_dir and not isinstance(method, DiffOODMethod):  # DiffOOD keeps its scores in its engine's cache
+            store = SetStore(cache_dir, baseline_identity(method, fingerprint, bench.fit.images if bench.fit else
+                                                          None, bench.normalization))
+        fitted = False
+
+        def run(images: np.ndarray, desc: str) -> np.ndarray:
+            nonlocal fitted
+            found = None if store is None else store.get(images)
+            if found is not None:
+                return found
+            if not fitted:
+                method.fit(_fit_batches(bench, batch_size) if method.needs_fit else None)
+                fitted = True
+            bs = method.engine.micro_batch_size(bench.normalization.from_uint8(images[:1])) \
+                if isinstance(method, DiffOODMethod) else batch_size
+            out = method.score(normalized_batches(images, bench.normalization, bs), progress, desc,
+                               total=-(-len(images) // bs))
+            if store is not None:
+                store.put(images, out)
+            return out
+
+        scores.id[name] = run(id_images, f"{name} | ID")
+        scores.ood[name] = {split: {s.name: run(s.images, f"{name} | {s.name}") for s in sets}
                             for split, sets in bench.ood.items()}
         scores.backends[name] = method.backend
         scores.seconds[name] = time.perf_counter() - start
+        if on_method is not None:
+            on_method(name, scores)
     return scores
 
 
@@ -225,15 +242,27 @@ def save_scores(out_dir: str, run_name: str, scores: RunScores) -> List[str]:
     return paths
 
 
+@torch.no_grad()
 def reconstruction_figure(path: str, engine: DiffOOD, bench: Benchmark, per_set: int = 3) -> str:
-    """PNG grid of a few ID and OOD inputs with their DiffOOD reconstructions and scores."""
-    picks = [(bench.id_test.name + " (ID)", bench.id_test.images[:per_set + 1])]
-    picks += [(f"{s.name} ({split})", s.images[:per_set]) for split, sets in bench.ood.items() for s in sets[:1]]
-    images = np.concatenate([imgs for _, imgs in picks])
-    titles = [t for t, imgs in picks for _ in range(len(imgs))]
+    """PNG grid of the first ID test images and the first images of each split's first OOD set, each with its
+    true class (ID) and the classifier's prediction, its DiffOOD score, and its reconstructions labelled with the
+    classifier's prediction on them."""
+    names = bench.id_test.classes or [str(c) for c in range(engine.classifier.num_classes)]
+    picks = [(bench.id_test, "ID", per_set + 1)] + [(sets[0], split, per_set) for split, sets in bench.ood.items()
+                                                    if sets]
+    images = np.concatenate([s.images[:k] for s, _, k in picks])
     x = bench.normalization.from_uint8(images)
     recs, out = engine.reconstruct(x)
-    return plots.reconstruction_grid(path, bench.normalization.unnormalize(x), recs, out.score.tolist(), titles)
+    rec_logits, _ = engine.features(bench.normalization.normalize(recs.flatten(0, 1)))
+    rec_pred = rec_logits.argmax(1).view(recs.shape[:2]).tolist()
+    shown = [(s, role, i) for s, role, k in picks for i in range(min(k, len(s.images)))]
+    titles = [f"{s.name} ({role})\n{'OOD' if s.labels is None else 'true ' + names[int(s.labels[i])]}, pred "
+              f"{names[int(p)]}" for (s, role, i), p in zip(shown, out.pred)]
+    rec_titles = [[f"pred {names[p]}" for p in row] for row in rec_pred]
+    how = (f"the first {per_set + 1} ID test images and the first {per_set} of each split's first OOD set, in set "
+           "order; reconstructions are labelled with the classifier's prediction on them")
+    return plots.reconstruction_grid(path, bench.normalization.unnormalize(x), recs, out.score.tolist(), titles,
+                                     rec_titles, suptitle=f"DiffOOD round trips: {how}")
 
 
 def report(out_dir: str, results: Mapping[str, Sequence[metrics.MethodResult]], run_names: Sequence[str],

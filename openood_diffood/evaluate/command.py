@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import shlex
 import sys
 from typing import Dict, List, Optional, Tuple
 
@@ -26,8 +27,9 @@ from ..openood.compat import DEFAULT_ARCH
 from ..runtime.engine import DiffOOD
 from . import metrics, plots
 from .baselines import BACKENDS, check_baselines
-from .benchmark import (CALIBRATION_IMAGES, DEFAULT_METHODS, DIFFOOD, Benchmark, ImageSet, calibration_batches,
-                        method_results, reconstruction_figure, report, save_scores, score_benchmark)
+from .benchmark import (CALIBRATION_IMAGES, DEFAULT_METHODS, Benchmark, ImageSet, RunScores, calibration_batches,
+                        reconstruction_figure, report, save_scores, score_benchmark)
+from .runners import DIFFOOD, build_runners, check_fit_data
 from .openood_data import load_set, openood_root_sets
 
 MODEL_ARGS = ("ckpt", "root", "diffusion")
@@ -112,12 +114,37 @@ def _methods(args: argparse.Namespace) -> List[str]:
     return out
 
 
+def _device(name: Optional[str]) -> torch.device:
+    """--device, checked now: a CUDA device without CUDA is an error, not a traceback later."""
+    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} was asked for, but CUDA is not available here; use --device cpu (or "
+                          "leave it out)")
+    return device
+
+
+@torch.no_grad()
+def check_classifier_input(net: nn.Module, bench: Benchmark, device: torch.device) -> None:
+    """The classifier takes the benchmark's images (their channels and size), tried on one image."""
+    x = bench.normalization.from_uint8(bench.id_test.images[:1]).to(device)
+    try:
+        net(x)
+    except RuntimeError as exc:
+        h, w, c = bench.id_test.images.shape[1:]
+        raise ConfigError(f"the classifier cannot take the {h}x{w} images with {c} channel(s) ({str(exc).splitlines()[0]}"
+                          "); give images of the size and channels it was trained on (--image-size N; grey sets are "
+                          "made RGB when the ID set is RGB)") from None
+
+
 def run_evaluation(args: argparse.Namespace, methods: List[str], bench: Benchmark, runs: List[Tuple[str, nn.Module]],
                    settings: DiffOODSettings, options: RunOptions, meta: dict) -> List[str]:
-    """Score every run, print the tables and write metrics, figures and (optionally) scores. Returns the paths."""
-    device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    options = options.replace(device=str(device))
-    bench = bench.limited(args.limit, args.fit_limit, settings.seed)
+    """Check everything every method needs, then score every run method by method, writing the results as each
+    method finishes; finished scores are kept in the cache folder, so an interrupted run resumes. Returns the
+    paths written."""
+    device = _device(options.device)
+    cache = options.cache_dir or os.path.join(args.out, "cache")
+    options = options.replace(device=str(device), cache_dir=cache)
+    bench = bench.limited(args.limit, args.fit_limit, settings.seed).matching_channels()
     num_classes = {last_linear(net).out_features for _, net in runs}
     if len(num_classes) != 1:
         raise ConfigError(f"the runs' classifiers disagree on the number of classes: {sorted(num_classes)}")
@@ -127,33 +154,53 @@ def run_evaluation(args: argparse.Namespace, methods: List[str], bench: Benchmar
                           "scheduler/, as written by `python -m openood_diffood train`) or leave diffood out of "
                           "--postprocessor")
     backend = load_diffusion(options.diffusion) if DIFFOOD in methods else None
-    results: Dict[str, List[metrics.MethodResult]] = {m: [] for m in methods}
-    written, run_meta = [], {}
-    for i, (run_name, net) in enumerate(runs):
+    # preflight: every method of the first run built and checked (fit data, inputs, timesteps) before any scoring
+    prepared = []
+    for run_name, net in runs:
         net = net.to(device).eval()
+        check_classifier_input(net, bench, device)
         engine = DiffOOD(net, backend, settings, options) if backend is not None else None
+        if engine is not None:
+            engine.check_input(bench.normalization.from_uint8(bench.id_test.images[:2]))
+        runners = build_runners(net, methods, engine, args.baseline_backend, args.id_data)
+        check_fit_data(runners, bench.fit is not None)
+        prepared.append((run_name, net, engine, runners))
+    if backend is not None and settings.combine is not None and bench.fit is None:
+        raise ConfigError(f"combine: energy calibrates on ID images: give --fit-data (ID training images; up to "
+                          f"{CALIBRATION_IMAGES} are used) or leave --combine out")
+    args.resume_hint = (f"finished scores are kept in {cache}; run the same command again to resume: "
+                        f"python -m openood_diffood {shlex.join(sys.argv[1:])}")
+    results: Dict[str, List[metrics.MethodResult]] = {m: [] for m in methods}
+    written, run_meta, names = [], {}, [name for name, _ in runs]
+    sizes = {f"{role}:{s.name}": len(s.images) for role, s in bench.all_sets()}
+    meta = {**meta, "settings": settings.as_dict(), "set_sizes": sizes, "device": str(device), "cache_dir": cache,
+            "run_details": run_meta}
+
+    for i, (run_name, net, engine, runners) in enumerate(prepared):
         if engine is not None and settings.combine is not None:
             engine.calibrate(calibration_batches(bench, engine.batch_size, settings.seed))
         print(f"[{run_name}] scoring {', '.join(methods)} on {device}", file=sys.stderr, flush=True)
-        scores = score_benchmark(net, bench, methods, engine=engine, backend=args.baseline_backend,
-                                 id_name=args.id_data, batch_size=args.batch_size, fsood=args.fsood, device=device,
-                                 progress=not args.no_progress)
-        for m, res in method_results(scores).items():
-            results[m].append(res)
-        run_meta[run_name] = {"backends": scores.backends, "seconds": scores.seconds}
+
+        def finished(method: str, scores: RunScores) -> None:  # results on disk as each method finishes
+            acc = metrics.accuracy(scores.id_pred, scores.id_labels)
+            results[method].append(metrics.method_table(method, scores.id[method], scores.ood[method], acc))
+            run_meta[run_name] = {"backends": scores.backends, "seconds": scores.seconds}
+            metrics.write_results(args.out, {m: r for m, r in results.items() if r}, names[:i + 1], meta)
+
+        scores = score_benchmark(net, bench, methods, engine=engine, id_name=args.id_data, batch_size=args.batch_size,
+                                 fsood=args.fsood, device=device, progress=not args.no_progress, runners=runners,
+                                 cache_dir=cache, on_method=finished)
         if args.save_score:
             written += save_scores(args.out, run_name, scores)
         if i == 0 and not args.no_plots:
             written += plots.score_histograms(args.out, scores.id, plots.histogram_inputs(scores.id, scores.ood))
             if engine is not None:
                 written.append(reconstruction_figure(os.path.join(args.out, "reconstructions.png"), engine, bench))
-    sizes = {f"{role}:{s.name}": len(s.images) for role, s in bench.all_sets()}
-    meta = {**meta, "settings": settings.as_dict(), "set_sizes": sizes, "device": str(device), "run_details": run_meta}
-    written += report(args.out, results, [name for name, _ in runs], meta)
+    written += report(args.out, results, names, meta)
     if args.save_csv:
         folder = os.path.join(args.root or args.out, "fsood" if args.fsood else "ood")
         written += [metrics.write_openood_csv(os.path.join(folder, f"{m}.csv"), r) for m, r in results.items()]
-    print(f"\nwrote {len(written)} files to {args.out}", file=sys.stderr)
+    print(f"\nwrote {len(written)} files to {args.out} (finished scores are kept in {cache})", file=sys.stderr)
     return written
 
 
@@ -174,7 +221,7 @@ def eval_main(args: argparse.Namespace) -> List[str]:
 
 def demo_main(args: argparse.Namespace) -> List[str]:
     """``demo``: DiffOOD and the baselines on the small benchmark and models shipped with the package."""
-    from ..models.demo import DEMO_MEAN, DEMO_STD, load_demo_models
+    from ..models.demo import DEMO_CLASSES, DEMO_MEAN, DEMO_STD, load_demo_models
     from .demo_data import demo_sets
 
     methods = _methods(args)
@@ -182,7 +229,8 @@ def demo_main(args: argparse.Namespace) -> List[str]:
     classifier, diffusion = load_demo_models()
     defaults = DiffOODSettings(mean=DEMO_MEAN, std=DEMO_STD, **DEMO_SETTINGS)
     settings, options = config.from_arguments(args, defaults, RunOptions(diffusion=diffusion))
-    bench = Benchmark(ImageSet("digits_0-5", *data["test"]),
+    options = options.with_environment().replace(diffusion=diffusion)
+    bench = Benchmark(ImageSet("digits_0-5", *data["test"], classes=DEMO_CLASSES),
                       {split: [ImageSet(n, imgs) for n, imgs in data[split].items()] for split in ("near", "far")},
                       settings.normalization, ImageSet("train", *data["train"]))
     args.out = args.out or os.path.join("runs", "demo")
@@ -205,10 +253,13 @@ def add_run_arguments(p: argparse.ArgumentParser, demo: bool = False) -> None:
                                     "the flags below override it")
     config.add_arguments(p, skip=("diffusion",) if demo else ())
     g = p.add_argument_group("run")
-    g.add_argument("--batch-size", type=int, default=200, help="classifier batch size (default: %(default)s)")
-    g.add_argument("--limit", type=int, help="at most N images per test set (random, fixed by --seed)")
-    g.add_argument("--fit-limit", type=int, help="at most N fit images (random, fixed by --seed; default: all)")
-    g.add_argument("--out", help="output folder (default: runs/eval, or runs/demo for the demo)")
+    g.add_argument("--batch-size", type=config.positive_int, default=200,
+                   help="classifier batch size (default: %(default)s)")
+    g.add_argument("--limit", type=config.positive_int, help="at most N images per test set (random, fixed by --seed)")
+    g.add_argument("--fit-limit", type=config.positive_int,
+                   help="at most N fit images (random, fixed by --seed; default: all)")
+    g.add_argument("--out", help="output folder (default: runs/eval, or runs/demo for the demo); finished scores are "
+                                 "kept in <out>/cache unless --cache-dir (or DIFFOOD_CACHE_DIR) names another")
     g.add_argument("--save-csv", action="store_true",
                    help="also write OpenOOD's per-method CSVs (mean \u00b1 std over runs) to <root or out>/ood/")
     g.add_argument("--save-score", action="store_true", help="write every score to <out>/scores/<run>/<method>.npz")
@@ -223,7 +274,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--arch", help=f"{ARCHITECTURES} (default: OpenOOD's net for --id-data)")
     g.add_argument("--ckpt", help="state dict (.pt/.ckpt/.pth via torch.load(weights_only=True), or .safetensors)")
     g.add_argument("--root", help="OpenOOD run folder holding s*/best.ckpt (results are mean \u00b1 std over runs)")
-    g.add_argument("--num-classes", type=int, help="classes of the classifier (default: read from the checkpoint)")
+    g.add_argument("--num-classes", type=config.positive_int,
+                   help="classes of the classifier (default: read from the checkpoint)")
     g = p.add_argument_group("data (an OpenOOD data root, or files / folders)")
     g.add_argument("--data-root", help="OpenOOD's data folder (benchmark_imglist/ + images_classic/ ...)")
     g.add_argument("--id-data", default="cifar10",
@@ -239,7 +291,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fsood", action="store_true", help="full-spectrum OOD: the csid sets count as ID")
     g.add_argument("--fit-data", metavar="PATH", help="ID training images ViM / KNN / ReAct are fitted on "
                                                       "(default with --data-root: OpenOOD's train list)")
-    g.add_argument("--image-size", type=int,
+    g.add_argument("--image-size", type=config.positive_int,
                    help="resize every image (shorter side, then centre crop) to this size (default with --data-root: "
                         "32 for CIFAR, 224 for ImageNet; otherwise images are used as they are)")
     g.add_argument("--mean", type=float, nargs="+", help="per-channel mean of the classifier's normalization")

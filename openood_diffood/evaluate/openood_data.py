@@ -34,8 +34,8 @@ def openood_imglists(data_root: str, id_name: str) -> Dict[str, List[Entry]]:
 
 def load_set(name: str, spec: str, size: Optional[int]) -> ImageSet:
     """One named set from an image source spec (see :mod:`.images`)."""
-    images, labels, _ = load_images(spec, size)
-    return ImageSet(name, images, labels)
+    images, labels, classes = load_images(spec, size)
+    return ImageSet(name, images, labels, classes or None)
 
 
 def openood_root_sets(data_root: str, id_name: str, size: int, fsood: bool,

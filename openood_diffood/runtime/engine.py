@@ -219,7 +219,7 @@ class DiffOOD:
              keys: Optional[Sequence[Hashable]]) -> Iterator[BatchResult]:
         """Check the inputs, then :func:`diffood` on each micro-batch (trimmed of compile padding)."""
         x = torch.as_tensor(x).float()
-        self._check_input(x)
+        self.check_input(x)
         n = x.shape[0]
         if labels is not None:
             labels = torch.as_tensor(labels).long().flatten()
@@ -245,7 +245,8 @@ class DiffOOD:
                           None if yb is None else yb.to(self.device))
             yield BatchResult(out.change[:j - i], out.pred[:j - i], out.logits[:j - i], out.reconstructions[:j - i])
 
-    def _check_input(self, x: torch.Tensor) -> None:
+    def check_input(self, x: torch.Tensor) -> None:
+        """A ValueError naming the problem and the fix when the engine cannot score these normalized images."""
         if x.ndim != 4:
             raise ValueError(f"expected a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
         if x.shape[0] == 0:

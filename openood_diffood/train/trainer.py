@@ -242,7 +242,8 @@ class Trainer:
         if self.accelerator.is_main_process:
             loss = self.final_loss()
             os.makedirs(args.output, exist_ok=True)
-            self.ema_model().to(SAVE_DTYPES[args.save_dtype]).save_pretrained(os.path.join(args.output, "unet"))
+            unet, dtype = self.ema_model(), SAVE_DTYPES[args.save_dtype]
+            (unet if dtype == torch.float32 else unet.to(dtype)).save_pretrained(os.path.join(args.output, "unet"))
             self.scheduler.save_pretrained(os.path.join(args.output, "scheduler"))
             with open(os.path.join(args.output, "README.md"), "w") as f:
                 f.write(model_card(self.settings, self.data, self.step, loss, self.run_info()))

@@ -1,0 +1,101 @@
+"""The methods ``eval`` runs, built and checked before any scoring, and where their finished scores are kept.
+
+DiffOOD's per-image scores are kept by its engine's score cache (``cache_dir``); every other method's scores are
+kept per set by :class:`SetStore`, under a key that covers the method, its backend, the classifier's weights and
+the fit set, so an interrupted or repeated ``eval`` recomputes only what did not finish.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..config import ConfigError
+from ..hashing import digest, item_digests
+from ..runtime.cache import atomic_write
+from ..runtime.engine import DiffOOD
+from ..version import __version__
+from .baselines import make_baselines
+
+DIFFOOD = "diffood"
+
+
+class DiffOODMethod:
+    """The DiffOOD engine behind the same ``fit`` / ``score`` calls as the baselines."""
+
+    name, backend, needs_fit = DIFFOOD, "openood_diffood", False
+
+    def __init__(self, engine: DiffOOD) -> None:
+        self.engine = engine
+
+    def fit(self, batches: object) -> "DiffOODMethod":
+        """Nothing to fit."""
+        return self
+
+    def score(self, batches: Iterable[torch.Tensor], progress: bool = True, desc: str = "",
+              total: Optional[int] = None) -> np.ndarray:
+        """DiffOOD scores (higher = more OOD); finished images stay in the engine's cache when it has one."""
+        out = [self.engine.score(x).score
+               for x in tqdm(batches, desc=desc or DIFFOOD, total=total, disable=not progress, leave=False)]
+        return torch.cat(out).numpy()
+
+
+def build_runners(net: nn.Module, methods: Sequence[str], engine: Optional[DiffOOD], backend: str = "auto",
+                  id_name: str = "cifar10") -> Dict[str, Any]:
+    """Every method by name, built (and so checked) before anything is scored."""
+    runners: Dict[str, Any] = {b.name: b for b in make_baselines([m for m in methods if m != DIFFOOD], net, backend,
+                                                                 id_name)}
+    if DIFFOOD in methods:
+        if engine is None:
+            raise ConfigError("method 'diffood' needs a diffusion model: give --diffusion <diffusers dir>")
+        runners[DIFFOOD] = DiffOODMethod(engine)
+    return {m: runners[m] for m in methods}
+
+
+def check_fit_data(runners: Mapping[str, Any], has_fit: bool) -> None:
+    """The methods fitted on ID training images have them (before any method runs)."""
+    needy = [name for name, r in runners.items() if r.needs_fit]
+    if needy and not has_fit:
+        raise ConfigError(f"{', '.join(needy)} {'is' if len(needy) == 1 else 'are'} fitted on ID training images: "
+                          "give --fit-data train.npz (or an OpenOOD --data-root with its train list), or leave "
+                          f"{', '.join(needy)} out of --postprocessor")
+
+
+class SetStore:
+    """Scores of finished (method, set) pairs: ``<root>/sets/<key>/<set digest>.npz``, written atomically."""
+
+    def __init__(self, root: os.PathLike, identity: Mapping[str, Any]) -> None:
+        text = json.dumps(identity, sort_keys=True, indent=1, default=str)
+        self.dir = Path(root) / "sets" / digest(text.encode())
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not (self.dir / "key.json").exists():
+            atomic_write(self.dir / "key.json", lambda f: f.write(text.encode()))
+
+    def _path(self, images: np.ndarray) -> Path:
+        return self.dir / f"{digest(''.join(item_digests(images)).encode())}.npz"
+
+    def get(self, images: np.ndarray) -> Optional[np.ndarray]:
+        """The stored scores of this exact set of images, or None."""
+        path = self._path(images)
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as f:
+            return f["score"]
+
+    def put(self, images: np.ndarray, scores: np.ndarray) -> None:
+        atomic_write(self._path(images), lambda f: np.savez(f, score=np.asarray(scores)))
+
+
+def baseline_identity(method: Any, classifier_fingerprint: str, fit_images: Optional[np.ndarray],
+                      normalization: Any) -> Dict[str, Any]:
+    """What a baseline's scores depend on besides the images scored."""
+    fit = None if fit_images is None else digest("".join(item_digests(fit_images)).encode())
+    return {"version": __version__, "method": method.name, "backend": method.backend,
+            "classifier": classifier_fingerprint, "fit": fit if method.needs_fit else None,
+            "normalization": [list(normalization.mean), list(normalization.std)]}
