@@ -1,6 +1,6 @@
 """Rebuild the demo's models in ``openood_diffood/assets/demo/`` bit for bit from a seed, on the CPU.
 
-1. ``classifier.safetensors``: :class:`~openood_diffood.demo_data.DemoNet` trained on the demo's ID training
+1. ``classifier.safetensors``: :class:`~openood_diffood.models.demo.DemoNet` trained on the demo's ID training
    digits (0-5).
 2. ``diffusion/``: the class-conditional diffusion model, trained by ``python -m openood_diffood train`` on the
    same images (its settings are in ``diffusion/README.md``).
@@ -13,7 +13,6 @@ versions; the script prints their sha256. About 7 minutes on one CPU core.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import tempfile
@@ -25,12 +24,17 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from openood_diffood.demo_data import ASSETS, CLASSIFIER_FILE, DEMO_MEAN, DEMO_STD, DIFFUSION_DIR, DemoNet, \
-    demo_sets
-from openood_diffood.noise import key_seed
-from openood_diffood.training import DEMO_DATA, add_train_arguments, augment, train_main
+from openood_diffood.evaluate.demo_data import demo_sets
+from openood_diffood.hashing import file_sha256
+from openood_diffood.method.noise import key_seed
+from openood_diffood.method.normalization import Normalization
+from openood_diffood.models.demo import ASSETS, CLASSIFIER_FILE, DEMO_MEAN, DEMO_STD, DIFFUSION_DIR, DemoNet
+from openood_diffood.train.arguments import add_train_arguments
+from openood_diffood.train.data import DEMO_DATA, augment
+from openood_diffood.train.trainer import train_main
 
 CLASSIFIER_EPOCHS, CLASSIFIER_BATCH, CLASSIFIER_LR = 40, 64, 2e-3
+NORMALIZATION = Normalization(DEMO_MEAN, DEMO_STD)
 #: The demo diffusion model: a small UNet for 16x16 grey digits, trained on the timesteps DiffOOD uses.
 DIFFUSION_ARGS = ["--block-out-channels", "16", "32", "64", "--norm-groups", "8", "--layers-per-block", "1", "--attention-levels",
                   "--dropout", "0.1", "--max-timestep", "500", "--steps", "1200", "--batch-size", "64",
@@ -44,13 +48,12 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, seed: int) -> DemoN
     net = DemoNet()
     opt = torch.optim.Adam(net.parameters(), lr=CLASSIFIER_LR)
     x, y = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
-    mean, std = torch.tensor(DEMO_MEAN).view(1, -1, 1, 1), torch.tensor(DEMO_STD).view(1, -1, 1, 1)
     for epoch in tqdm(range(CLASSIFIER_EPOCHS), desc="classifier", unit="epoch"):
         gen = torch.Generator().manual_seed(key_seed(seed, ("classifier", epoch)))
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), CLASSIFIER_BATCH):
             idx = perm[i:i + CLASSIFIER_BATCH]
-            xb = ((augment(x[idx], 1, False, gen) + 1) / 2 - mean) / std
+            xb = NORMALIZATION.normalize((augment(x[idx], 1, False, gen) + 1) / 2)
             loss = F.cross_entropy(net(xb), y[idx])
             opt.zero_grad()
             loss.backward()
@@ -59,15 +62,8 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, seed: int) -> DemoN
 
 
 def accuracy(net: DemoNet, images: np.ndarray, labels: np.ndarray) -> float:
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    x = (x - torch.tensor(DEMO_MEAN).view(1, -1, 1, 1)) / torch.tensor(DEMO_STD).view(1, -1, 1, 1)
     with torch.no_grad():
-        return float((net(x).argmax(1).numpy() == labels).mean())
-
-
-def sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+        return float((net(NORMALIZATION.from_uint8(images)).argmax(1).numpy() == labels).mean())
 
 
 def main(argv: List[str] | None = None) -> None:
@@ -95,7 +91,7 @@ def main(argv: List[str] | None = None) -> None:
     for root, _, files in sorted(os.walk(opts.out)):
         for name in sorted(files):
             path = os.path.join(root, name)
-            print(f"{sha256(path)}  {os.path.relpath(path, opts.out)} ({os.path.getsize(path)} bytes)")
+            print(f"{file_sha256(path)}  {os.path.relpath(path, opts.out)} ({os.path.getsize(path)} bytes)")
 
 
 if __name__ == "__main__":

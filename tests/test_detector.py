@@ -32,7 +32,27 @@ def test_detector_scores_like_the_engine_and_feeds_ood_metrics(tiny_net, tiny_di
     scores = torch.cat(seen).numpy()
     ours = metrics.ood_metrics(scores[:8], scores[8:])
     assert result["AUROC"] == pytest.approx(ours["AUROC"])
-    assert 0.0 <= result["AUROC"] <= 1.0
+
+
+#: The demo's trained models: 60 ID digits against 60 photo patches (far-OOD) separate well even at cheap settings
+#: (3 DDIM steps, one repeat; measured 0.95; the full demo's far AUROC is 97.2).
+MIN_DEMO_AUROC = 0.9
+
+
+def test_detector_separates_the_demo_sets_in_a_pytorch_ood_loop():
+    from openood_diffood.evaluate.demo_data import demo_sets
+    from openood_diffood.method.normalization import Normalization
+    from openood_diffood.models.demo import DEMO_MEAN, DEMO_STD, load_demo_models
+
+    sets, (net, diffusion), norm = demo_sets(0), load_demo_models(), Normalization(DEMO_MEAN, DEMO_STD)
+    x = torch.cat([norm.from_uint8(sets["test"][0][::5][:60]), norm.from_uint8(sets["far"]["photo_patches"][::5][:60])])
+    det = DiffOODDetector(net, diffusion, mean=DEMO_MEAN, std=DEMO_STD, timestep=300, stride=100, repeats=1,
+                          space="feature", batch_size=32)
+    loader = DataLoader(TensorDataset(x, torch.tensor([0] * 60 + [-1] * 60)), batch_size=40)
+    pod_metrics = OODMetrics()
+    for xb, yb in loader:
+        pod_metrics.update(det(xb), yb)
+    assert pod_metrics.compute()["AUROC"] >= MIN_DEMO_AUROC
 
 
 def test_detector_from_engine_and_errors(tiny_net, tiny_diffusion_dir, images):

@@ -196,3 +196,21 @@ def test_error_missing_or_incomplete_model_dir(tmp_path, tiny_diffusion_dir):
     (tmp_path / "half" / "unet").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="missing scheduler/scheduler_config.json, unet/config.json"):
         load_diffusion(tmp_path / "half")
+
+
+def test_engines_share_a_backend_without_changing_it(tiny_net, backend, images):
+    """compile, channels_last and settings changes live in each engine's own view of the backend."""
+    weights = {k: v.clone() for k, v in backend.state_dict().items()}
+    network = backend.network
+    strides = [p.stride() for p in backend.parameters()]
+    plain = DiffOOD(tiny_net, backend, timestep=100, stride=50, repeats=1)
+    reference = plain.score(images).score
+    fancy = DiffOOD(tiny_net, backend, timestep=100, stride=50, repeats=1, channels_last=True,
+                    compile=lambda gm, example_inputs: gm.forward)
+    torch.testing.assert_close(fancy.score(images).score, reference, rtol=0, atol=1e-6)
+    view = plain.replace(timestep=60)
+    assert view.diffusion is backend and plain.settings.timestep == 100 and view.settings.timestep == 60
+    assert backend.network == network and [p.stride() for p in backend.parameters()] == strides
+    assert all(torch.equal(weights[k], v) for k, v in backend.state_dict().items())
+    torch.testing.assert_close(plain.score(images).score, reference, rtol=0, atol=0)
+    torch._dynamo.reset()

@@ -1,0 +1,93 @@
+"""The one config model: strict keys, re-derived normalization, immutable settings, generated CLI flags."""
+import argparse
+import dataclasses
+
+import pytest
+
+from openood_diffood import DiffOOD, DiffOODSettings, RunOptions, cli
+from openood_diffood.config import ConfigError, add_arguments, from_arguments, split_mapping
+from openood_diffood.method.normalization import DATASET_STATS
+
+
+def test_dataset_given_to_the_engine_sets_its_normalization(tiny_net, tiny_diffusion_dir):
+    """DiffOOD(net, model, dataset='imagenet') normalized with CIFAR-10's statistics before (a silent bug)."""
+    engine = DiffOOD(tiny_net, tiny_diffusion_dir, dataset="imagenet", timestep=40)
+    assert (engine.settings.normalization.mean, engine.settings.normalization.std) == DATASET_STATS["imagenet"]
+    view = engine.replace(dataset="cifar100")
+    assert (view.settings.normalization.mean, view.settings.normalization.std) == DATASET_STATS["cifar100"]
+
+
+def test_dataset_change_rederives_mean_and_std_unless_they_change_too():
+    s = DiffOODSettings(mean=(0.5,), std=(0.25,))
+    assert s.normalization.mean == (0.5,)
+    assert s.replace(dataset="cifar100").normalization.mean == DATASET_STATS["cifar100"][0]
+    assert s.replace(dataset="cifar100", mean=(0.1,), std=(0.2,)).normalization.mean == (0.1,)
+    assert s.replace(timestep=200).normalization.mean == (0.5,)  # other changes keep explicit statistics
+
+
+def test_unknown_keys_name_the_nearest_known_one():
+    with pytest.raises(ConfigError, match="unknown config key 'timesteps' \\(did you mean 'timestep'\\?\\)"):
+        split_mapping({"timesteps": 600})
+    with pytest.raises(ConfigError, match="did you mean 'cache_dir'"):
+        split_mapping({"cachedir": "x"})
+    with pytest.raises(ConfigError, match="unknown config key 'stide'"):
+        DiffOODSettings().replace(stide=10)
+    settings, options = split_mapping({"timestep": 600, "batch_size": "auto", "diffusion": None})
+    assert settings.timestep == 600 and options.batch_size == "auto" and options.diffusion is None
+
+
+def test_postprocessor_args_are_strict_too(tmp_path):
+    from openood_diffood.openood.compat import require_openood
+    from openood_diffood.openood.postprocessor import DiffOODPostprocessor
+    from openood_diffood.openood.registry import config_path
+
+    Config = require_openood("openood.utils.config").Config
+    config = Config(config_path("diffood"))
+    config.postprocessor.postprocessor_args["timesteps"] = 600
+    with pytest.raises(ConfigError, match="did you mean 'timestep'"):
+        DiffOODPostprocessor(config)
+
+
+def test_settings_are_immutable_and_checked_on_every_change():
+    s = DiffOODSettings()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.timestep = 10
+    with pytest.raises(ConfigError, match="stride 20 is larger than timestep 10"):
+        s.replace(timestep=10)
+    with pytest.raises(ConfigError, match="repeats must be >= 1"):
+        DiffOODSettings(repeats=0)
+    assert RunOptions(batch_size="8").batch_size == 8 and RunOptions(compile="inductor").compile == "inductor"
+
+
+def test_environment_overrides_the_run_options(monkeypatch):
+    monkeypatch.setenv("DIFFOOD_DIFFUSION", "/models/cifar10")
+    monkeypatch.setenv("DIFFOOD_CACHE_DIR", "/tmp/cache")
+    options = RunOptions(diffusion="elsewhere").with_environment()
+    assert (options.diffusion, options.cache_dir) == ("/models/cifar10", "/tmp/cache")
+
+
+def test_cli_flags_are_generated_from_the_fields_and_their_help():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    text = parser.format_help()
+    for cls in (DiffOODSettings, RunOptions):
+        for f in dataclasses.fields(cls):
+            if f.metadata["flag"] is None:
+                continue
+            flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+            assert flag in text, flag
+            assert f.metadata["help"].split()[0] in text
+    args = parser.parse_args(["--timestep", "120", "--stride", "40", "--resize", "--diffood-batch-size", "auto",
+                              "--cache-dir", "c"])
+    settings, options = from_arguments(args)
+    assert (settings.timestep, settings.stride, settings.resize) == (120, 40, True)
+    assert (options.batch_size, options.cache_dir) == ("auto", "c")
+
+
+def test_eval_and_demo_parsers_take_the_generated_flags():
+    parser = cli.build_parser()
+    args = parser.parse_args(["eval", "--guidance", "6", "--solver", "plms", "--allow-untrained-timestep"])
+    settings, options = from_arguments(args)
+    assert settings.guidance == 6.0 and settings.solver == "plms" and options.allow_untrained_timestep
+    demo = parser.parse_args(["demo", "--repeats", "2"])
+    assert from_arguments(demo)[0].repeats == 2 and not hasattr(demo, "diffusion")
