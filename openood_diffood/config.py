@@ -86,23 +86,13 @@ def _bool(name: str) -> Callable[[Any], bool]:
     return parse
 
 
-def _floats(name: str) -> Callable[[Any], Tuple[float, ...]]:
-    def parse(value: Any) -> Tuple[float, ...]:
+def _sequence(name: str, kind: Callable[[Any], Any], what: str) -> Callable[[Any], Tuple[Any, ...]]:
+    def parse(value: Any) -> Tuple[Any, ...]:
         items = value.split(",") if isinstance(value, str) else value
         try:
-            return tuple(float(v) for v in items)
+            return tuple(kind(v) for v in items)
         except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be a list of numbers, got {value!r}") from None
-    return parse
-
-
-def _ints(name: str) -> Callable[[Any], Tuple[int, ...]]:
-    def parse(value: Any) -> Tuple[int, ...]:
-        items = value.split(",") if isinstance(value, str) else value
-        try:
-            return tuple(int(v) for v in items)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be a list of integers, got {value!r}") from None
+            raise ConfigError(f"{name} must be a list of {what}, got {value!r}") from None
     return parse
 
 
@@ -193,13 +183,13 @@ class DiffOODSettings(_Strict):
                             "diffusion network precision: auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16")
     dataset: str = option("cifar10", _dataset, "the inputs' normalization statistics: cifar10, cifar100, imagenet, "
                                                "imagenet200 (mean/std override them)", flag=None)
-    mean: Optional[Tuple[float, ...]] = option(None, _optional(_floats("mean")),
+    mean: Optional[Tuple[float, ...]] = option(None, _optional(_sequence("mean", float, "numbers")),
                                                "per-channel mean of the inputs' normalization", flag=None)
-    std: Optional[Tuple[float, ...]] = option(None, _optional(_floats("std")),
+    std: Optional[Tuple[float, ...]] = option(None, _optional(_sequence("std", float, "numbers")),
                                               "per-channel std of the inputs' normalization", flag=None)
     resize: bool = option(False, _bool("resize"),
                           "resize inputs into the diffusion model's size and back (else a size mismatch is an error)")
-    class_map: Optional[Tuple[int, ...]] = option(None, _optional(_ints("class_map")),
+    class_map: Optional[Tuple[int, ...]] = option(None, _optional(_sequence("class_map", int, "integers")),
                                                   "diffusion class id for each classifier class", flag=None)
     combine: Optional[str] = option(None, _optional(_choice("combine", COMBINES)),
                                     "energy: add the classifier's energy score, both z-normalised on ID validation "

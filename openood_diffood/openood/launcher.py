@@ -129,6 +129,8 @@ def run_leaderboard(args: argparse.Namespace, dotted: List[str]) -> None:
     args.postprocessor = args.postprocessor or "msp"
     if args.ckpt_path is None and args.id_data == "imagenet":
         raise ConfigError("--id-data imagenet evaluates one checkpoint: give --ckpt-path (eval_ood_imagenet.py)")
+    if args.ckpt_path is not None:
+        leaderboard.check_imagenet_checkpoint(args.arch, args.ckpt_path)
     leaderboard.check_postprocessor(args.postprocessor, args.config_root)
     leaderboard.postprocessor_config(args.postprocessor, args.config_root, args.id_data, overrides)
     leaderboard.check_data_root(args.data_root, args.id_data)

@@ -212,15 +212,19 @@ def leaderboard(args: argparse.Namespace, overrides: Mapping[str, Any]) -> Optio
     return _write(frame, args.root, args, lambda f, path: f.to_csv(path))
 
 
+def check_imagenet_checkpoint(arch: str, ckpt_path: str) -> None:
+    """eval_ood_imagenet.py's --ckpt-path case: OpenOOD's ResNet50 and a state dict on disk."""
+    if arch != "resnet50":
+        raise ConfigError(f"--arch {arch} needs torchvision's pretrained weights, which this command never "
+                          "downloads; with --ckpt-path use --arch resnet50 (OpenOOD's ResNet50)")
+    if not os.path.isfile(ckpt_path):
+        raise ConfigError(f"--ckpt-path {ckpt_path!r} does not exist; pass the ResNet50 state dict")
+
+
 def imagenet(args: argparse.Namespace, overrides: Mapping[str, Any]) -> Optional[str]:
     """eval_ood_imagenet.py with ``--ckpt-path`` (OpenOOD's ResNet50 and its preprocessing)."""
     from torchvision import transforms as trn
 
-    if args.arch != "resnet50":
-        raise ConfigError(f"--arch {args.arch} needs torchvision's pretrained weights, which this command never "
-                          "downloads; with --ckpt-path use --arch resnet50 (OpenOOD's ResNet50)")
-    if not os.path.isfile(args.ckpt_path):
-        raise ConfigError(f"--ckpt-path {args.ckpt_path!r} does not exist; pass the ResNet50 state dict")
     net = build_network("imagenet", args.postprocessor, os.path.dirname(args.ckpt_path))
     preprocessor = trn.Compose([trn.Resize(256), trn.CenterCrop(224), trn.ToTensor(),
                                 trn.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
