@@ -8,6 +8,7 @@ import warnings
 from typing import Optional, Sequence
 
 from .evaluate.command import add_eval_arguments, add_run_arguments, demo_main, eval_main
+from .models.convert.command import add_convert_arguments
 from .train.arguments import add_train_arguments
 from .train.trainer import train_main
 
@@ -31,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_train_arguments(p)
     p.set_defaults(func=train_main)
+    add_convert_arguments(sub.add_parser("convert", help="convert the paper's own checkpoints (official DiffOOD "
+                                                         "DDIM / iDDPM, CompVis LDM cin256-v2) to diffusers"))
     return parser
 
 

@@ -1,4 +1,5 @@
-"""Latent diffusion backends: an ``AutoencoderKL`` in front of a DiT transformer or a class-conditional UNet.
+"""Latent diffusion backends: an ``AutoencoderKL`` in front of a DiT transformer or a class-conditional UNet, and
+LDM's ``VQModel`` in front of a ``UNet2DConditionModel`` conditioned on a class token.
 
 The engine sees pixels: ``sample_size`` is the pixel size the model expects (latent size x the VAE's
 downsampling factor, 32 x 8 = 256 for DiT-XL-2-256), ``encode`` takes images in [-1, 1] to scaled latents and
@@ -49,6 +50,30 @@ class DiTDenoiser(DiffusionBackend):
         return learned_sigma_eps(out, z.shape[1]).float()
 
 
+class ClassTokenUNet(DiffusionBackend):
+    """A diffusers ``UNet2DConditionModel`` whose cross-attention context is one token, the class embedding of the
+    label (CompVis LDM ``cin256``: ``ClassEmbedder`` rows 0 .. 999 the classes, the last row the null class)."""
+
+    def __init__(self, unet: nn.Module, class_embedder: nn.Module, alphas_cumprod: torch.Tensor,
+                 null_class: Optional[int] = None) -> None:
+        num_classes, null_class = resolve_null_class(class_embedder.config.num_embeddings, null_class)
+        super().__init__(alphas_cumprod, num_classes, null_class, unet.config.sample_size)
+        self.unet = unet.eval().requires_grad_(False)
+        self.class_embedder = class_embedder.eval().requires_grad_(False)
+
+    @property
+    def channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    def network(self, z: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        """Epsilon for latents ``z`` at timesteps ``t``; ``labels`` None predicts with the null class."""
+        if labels is None:
+            labels = torch.full((z.shape[0],), self.null_class, device=z.device, dtype=torch.long)
+        context = self.class_embedder(labels).to(self.unet.dtype)
+        out = self.unet(z.to(self.unet.dtype), t, encoder_hidden_states=context, return_dict=False)[0]
+        return learned_sigma_eps(out, z.shape[1]).float()
+
+
 class LatentBackend(DiffusionBackend):
     """A latent denoiser (any :class:`DiffusionBackend` on latents) behind an ``AutoencoderKL``.
 
@@ -88,3 +113,17 @@ class LatentBackend(DiffusionBackend):
 
     def network(self, z: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
         return self.denoiser.network(z, t, labels)
+
+
+class VQLatentBackend(LatentBackend):
+    """A latent denoiser behind LDM's VQ first stage (``VQModelInterface``): ``encode`` is the encoder and
+    ``quant_conv`` without quantizing, ``decode`` goes through the quantizer first; latents are multiplied by the
+    yaml's ``scale_factor`` (``vqvae.config.scaling_factor``; 1.0 for cin256-v2)."""
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> unquantized latents * scaling_factor."""
+        return self.vae.encode(x.to(self.vae.dtype)).latents * self.scaling_factor
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> quantized -> images in [-1, 1] (not clamped)."""
+        return self.vae.decode((z / self.scaling_factor).to(self.vae.dtype)).sample

@@ -3,7 +3,9 @@
 * pixel: ``unet/`` (``UNet2DModel``) and ``scheduler/``, as ``python -m openood_diffood train`` writes them;
 * DiT: ``transformer/`` (``DiTTransformer2DModel``), ``vae/`` (``AutoencoderKL``) and ``scheduler/``, as
   ``DiTPipeline.save_pretrained`` writes them (e.g. a local copy of ``facebook/DiT-XL-2-256``);
-* latent UNet: ``unet/`` (class-conditional ``UNet2DModel``), ``vae/`` and ``scheduler/``.
+* latent UNet: ``unet/`` (class-conditional ``UNet2DModel``), ``vae/`` and ``scheduler/``;
+* LDM: ``unet/`` (``UNet2DConditionModel``), ``vqvae/`` (``VQModel``), ``class_embedder/`` and ``scheduler/``, as
+  ``python -m openood_diffood convert --from ldm`` writes CompVis latent diffusion's cin256-v2.
 
 A name that looks like a local path and does not exist is an error at once (never a hub lookup); a hub id that
 cannot be reached fails within seconds with the command that downloads it.
@@ -18,7 +20,7 @@ from typing import Optional, Set, Union
 import torch
 
 from .diffusion import DiffusionBackend, PixelUNetBackend
-from .latent import DiTDenoiser, LatentBackend
+from .latent import ClassTokenUNet, DiTDenoiser, LatentBackend, VQLatentBackend
 
 #: Subfolders holding the latent denoiser, in the order they are looked for.
 LATENT_DENOISERS = ("transformer", "unet")
@@ -36,24 +38,34 @@ def looks_local(name: str) -> bool:
     return os.path.isdir(name.split("/")[0])
 
 
-def check_model_dir(path: str, latent: bool) -> None:
-    """Name the files a local model directory lacks (pixel layout, or the latent one)."""
-    required = ["scheduler/scheduler_config.json"] + (["vae/config.json"] if latent else [])
-    missing = [p for p in required if not os.path.isfile(os.path.join(path, p))]
-    denoisers = [d for d in (LATENT_DENOISERS if latent else ("unet",))
-                 if os.path.isfile(os.path.join(path, d, "config.json"))]
-    if not denoisers:
-        missing.append(" or ".join(f"{d}/config.json" for d in (LATENT_DENOISERS if latent else ("unet",))))
-    for part in denoisers[:1] + (["vae"] if latent else []):
-        if not any(os.path.isfile(os.path.join(path, part, w)) for w in WEIGHT_FILES):
-            missing.append(f"{part}/{WEIGHT_FILES[0]} (the weights)")
+#: Per layout: the parts besides ``scheduler/`` that need a config.json and weights (each a group of
+#: alternatives), and the sentence that describes the layout.
+LAYOUTS = {
+    "pixel": ((("unet",),), "A model directory holds unet/ (UNet2DModel with its weights) and scheduler/, as written "
+                            "by `python -m openood_diffood train` or diffusers' save_pretrained."),
+    "latent": ((("vae",), LATENT_DENOISERS), "A latent model directory holds transformer/ (DiTTransformer2DModel) or "
+                                             "unet/ (UNet2DModel), vae/ (AutoencoderKL) and scheduler/, as "
+                                             "DiTPipeline.save_pretrained writes them."),
+    "ldm": ((("vqvae",), ("class_embedder",), ("unet",)), "An LDM directory holds unet/ (UNet2DConditionModel), "
+                                                          "vqvae/ (VQModel), class_embedder/ and scheduler/, as "
+                                                          "`python -m openood_diffood convert --from ldm` writes them."),
+}
+
+
+def check_model_dir(path: str, layout: str) -> None:
+    """Name the files a local model directory of ``layout`` (a key of :data:`LAYOUTS`) lacks."""
+    groups, description = LAYOUTS[layout]
+    missing = [] if os.path.isfile(os.path.join(path, "scheduler", "scheduler_config.json")) else [
+        "scheduler/scheduler_config.json"]
+    for group in groups:
+        found = [d for d in group if os.path.isfile(os.path.join(path, d, "config.json"))]
+        if not found:
+            missing.append(" or ".join(f"{d}/config.json" for d in group))
+        elif not any(os.path.isfile(os.path.join(path, found[0], w)) for w in WEIGHT_FILES):
+            missing.append(f"{found[0]}/{WEIGHT_FILES[0]} (the weights)")
     if missing:
-        layout = ("A latent model directory holds transformer/ (DiTTransformer2DModel) or unet/ (UNet2DModel), "
-                  "vae/ (AutoencoderKL) and scheduler/, as DiTPipeline.save_pretrained writes them." if latent else
-                  "A model directory holds unet/ (UNet2DModel with its weights) and scheduler/, as written by "
-                  "`python -m openood_diffood train` or diffusers' save_pretrained.")
         raise FileNotFoundError(f"incomplete diffusion model directory {path!r}: missing {', '.join(missing)}. "
-                                + layout)
+                                + description)
 
 
 def components(path: str, **hub_kwargs) -> Set[str]:
@@ -75,9 +87,17 @@ def components(path: str, **hub_kwargs) -> Set[str]:
     return names
 
 
+def layout_of(parts: Set[str]) -> str:
+    """The :data:`LAYOUTS` key of a model with these parts: ``ldm`` with a ``vqvae``, ``latent`` with a ``vae`` or
+    a ``transformer``, else ``pixel``."""
+    if "vqvae" in parts:
+        return "ldm"
+    return "latent" if {"vae", "transformer"} & parts else "pixel"
+
+
 def is_latent_layout(path: Union[str, os.PathLike], **hub_kwargs) -> bool:
-    """True when the model at ``path`` is a latent diffusion model: it has a ``vae`` or a ``transformer``."""
-    return bool({"vae", "transformer"} & components(os.fspath(path), **hub_kwargs))
+    """True when the model at ``path`` is a latent diffusion model: it has a ``vae``, ``vqvae`` or ``transformer``."""
+    return layout_of(components(os.fspath(path), **hub_kwargs)) != "pixel"
 
 
 def trained_max_timestep(path: str) -> Optional[int]:
@@ -129,19 +149,21 @@ def load_diffusion(path: Union[str, os.PathLike], null_class: Optional[int] = No
                                 "`python -m openood_diffood train` (unet/ + scheduler/) or a hub id (org/name)")
     if not local:
         _check_hub(path, hub_kwargs)
-    latent = is_latent_layout(path, **hub_kwargs)
+    parts = components(path, **hub_kwargs)
+    layout = layout_of(parts)
     if local:
-        check_model_dir(path, latent)
+        check_model_dir(path, layout)
     max_timestep = trained_max_timestep(path) if local else None
     alphas_cumprod = alphas_cumprod_from_scheduler(path, **hub_kwargs)
     from diffusers import UNet2DModel
 
-    if not latent:
+    if layout == "pixel":
         unet = UNet2DModel.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype, **hub_kwargs)
         return PixelUNetBackend(unet, alphas_cumprod, null_class=null_class, max_timestep=max_timestep)
+    if layout == "ldm":
+        return load_ldm(path, alphas_cumprod, null_class, torch_dtype, **hub_kwargs)
     from diffusers import AutoencoderKL, DiTTransformer2DModel
 
-    parts = components(path, **hub_kwargs)
     kind = next((d for d in LATENT_DENOISERS if d in parts), None)
     if kind is None:
         raise FileNotFoundError(f"latent diffusion model {path!r} has no denoiser: expected transformer/ (DiT) or "
@@ -154,7 +176,29 @@ def load_diffusion(path: Union[str, os.PathLike], null_class: Optional[int] = No
     else:
         model = UNet2DModel.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype, **hub_kwargs)
         denoiser = PixelUNetBackend(model, alphas_cumprod, null_class=null_class, max_timestep=max_timestep)
+    check_latent_channels(kind, model, vae)
+    return LatentBackend(denoiser, vae)
+
+
+def check_latent_channels(kind: str, model, vae) -> None:
+    """The denoiser must take the latents the autoencoder makes."""
     if model.config.in_channels != vae.config.latent_channels:
         raise ValueError(f"{kind}/ expects {model.config.in_channels} input channels but the VAE makes "
                          f"{vae.config.latent_channels}-channel latents: the two parts do not belong together")
-    return LatentBackend(denoiser, vae)
+
+
+def load_ldm(path: str, alphas_cumprod: torch.Tensor, null_class: Optional[int] = None,
+             torch_dtype: Optional[torch.dtype] = None, **hub_kwargs) -> VQLatentBackend:
+    """The LDM layout: ``UNet2DConditionModel`` conditioned on ``class_embedder/`` tokens behind ``vqvae/``."""
+    from diffusers import UNet2DConditionModel, VQModel
+
+    from .class_embedder import ClassEmbedder
+
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype, **hub_kwargs)
+    vqvae = VQModel.from_pretrained(path, subfolder="vqvae", torch_dtype=torch_dtype, **hub_kwargs)
+    embedder = ClassEmbedder.from_pretrained(path, subfolder="class_embedder", torch_dtype=torch_dtype, **hub_kwargs)
+    check_latent_channels("unet", unet, vqvae)
+    if embedder.config.embedding_dim != unet.config.cross_attention_dim:
+        raise ValueError(f"class_embedder/ makes {embedder.config.embedding_dim}-d tokens but unet/ attends to "
+                         f"{unet.config.cross_attention_dim}-d context: the two parts do not belong together")
+    return VQLatentBackend(ClassTokenUNet(unet, embedder, alphas_cumprod, null_class=null_class), vqvae)

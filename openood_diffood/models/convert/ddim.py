@@ -1,0 +1,82 @@
+"""``--from ddim``: the DDIM UNet of the official DiffOOD code (``network/ddim/ddim.py`` ``Model``) -> diffusers'
+``UNet2DModel`` (class-conditional through ``num_class_embeds`` when the checkpoint has ``label_emb``) and a
+``DDPMScheduler`` with the config's betas.
+
+Both compute the same function: a sin-first sinusoidal time embedding with frequency shift 1 (``flip_sin_to_cos``
+False, ``freq_shift`` 1), GroupNorm(32, eps 1e-6), downsampling that pads (0, 1, 0, 1) and convolves with stride 2
+(``downsample_padding`` 0), single-head attention (``attention_head_dim`` None) at the resolutions of
+``attn_resolutions``, and ``label_emb`` (num_classes + 1 rows, the null class last) added to the time embedding
+after its second linear layer (diffusers' ``class_embedding``).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional
+
+from .checkpoint import read_state_dict
+from .conversion import Conversion
+from .ddpm_blocks import middle_and_ends, down_path, up_path
+from .keys import LAYER, ModuleTable, build_model
+from .official import class_count, official_sections, require, scheduler_config
+
+#: The architecture of the released checkpoints (config/ddim_cifar10_cond.yml and ddim_cifar100_cond.yml, which
+#: differ only in num_classes: without --config it is read from the rows of label_emb).
+RELEASED = {"struc": "DDIM", "type": "simple", "image_size": 32, "in_channels": 3, "out_ch": 3, "ch": 128,
+            "ch_mult": [1, 2, 2, 2], "num_res_blocks": 2, "attn_resolutions": [16], "dropout": 0.1,
+            "var_type": "fixedlarge", "resamp_with_conv": True}
+RELEASED_SCHEDULE = {"type": "linear", "beta_start": 0.0001, "beta_end": 0.02, "diffusion_step": 1000}
+MODEL_KEYS = ("image_size", "in_channels", "out_ch", "ch", "ch_mult", "num_res_blocks", "attn_resolutions")
+
+
+def attention_levels(model: Mapping[str, Any]) -> list:
+    """Whether each level attends: its resolution (image_size / 2^level) is in ``attn_resolutions``."""
+    return [model["image_size"] // 2 ** i in model["attn_resolutions"] for i in range(len(model["ch_mult"]))]
+
+
+def unet_config(model: Mapping[str, Any], num_classes: int) -> Dict[str, Any]:
+    """The ``UNet2DModel`` config of a DDIM ``Model`` section."""
+    attention = attention_levels(model)
+    return dict(sample_size=model["image_size"], in_channels=model["in_channels"], out_channels=model["out_ch"],
+                layers_per_block=model["num_res_blocks"],
+                block_out_channels=tuple(model["ch"] * m for m in model["ch_mult"]),
+                down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+                up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
+                attention_head_dim=None, norm_num_groups=32, norm_eps=1e-6, act_fn="silu", flip_sin_to_cos=False,
+                freq_shift=1, downsample_padding=0, dropout=float(model.get("dropout", 0.0)),
+                num_class_embeds=num_classes + 1 if num_classes > 0 else None)
+
+
+def module_table(model: Mapping[str, Any], conditional: bool) -> ModuleTable:
+    """Source module prefix -> diffusers prefix for the whole network."""
+    levels, blocks, attention = len(model["ch_mult"]), model["num_res_blocks"], attention_levels(model)
+    table: ModuleTable = {"temb.dense.0.": ("time_embedding.linear_1.", LAYER),
+                          "temb.dense.1.": ("time_embedding.linear_2.", LAYER)}
+    if conditional:
+        table["label_emb."] = ("class_embedding.", LAYER)
+    return {**table, **middle_and_ends(), **down_path(levels, blocks, attention),
+            **up_path(levels, blocks + 1, attention)}
+
+
+def convert_ddim(checkpoint: str, config: Optional[str] = None) -> Conversion:
+    """The converted ``unet/`` and ``scheduler/`` of an official DiffOOD DDIM checkpoint."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    model, schedule, source = official_sections(config, "DDIM", RELEASED, RELEASED_SCHEDULE)
+    require(model, MODEL_KEYS, f"the Model section of {source}")
+    if not model.get("resamp_with_conv", True):
+        raise ValueError("resamp_with_conv: false (average-pool downsampling) has no diffusers UNet2DModel "
+                         "equivalent; only the released configs' resamp_with_conv: true converts")
+    state = read_state_dict(checkpoint)
+    state.pop("logvar", None)  # type 'bayesian' learns a per-timestep log-variance the noise prediction never uses
+    num_classes = class_count(model, state, configured=config is not None)
+    architecture = (f"the DDIM Model of {source} (ch {model['ch']}, ch_mult {list(model['ch_mult'])}, "
+                    f"num_res_blocks {model['num_res_blocks']}, attn_resolutions {list(model['attn_resolutions'])}, "
+                    f"num_classes {num_classes})")
+    unet = build_model(UNet2DModel, unet_config(model, num_classes), state, module_table(model, num_classes > 0),
+                       architecture)
+    variance = "fixed_large" if model.get("var_type", "fixedlarge") == "fixedlarge" else "fixed_small"
+    scheduler = DDPMScheduler(**scheduler_config(schedule, variance, source))
+    settings = {"Model": {k: model[k] for k in model}, "Schedule": dict(schedule), "num_classes": num_classes}
+    notes = ["label_emb -> class_embedding (num_classes + 1 rows, the null class last)" if num_classes else
+             "no label_emb: an unconditional UNet2DModel (guidance has no effect)",
+             "downsampling pads (0, 1, 0, 1) and convolves with stride 2 (downsample_padding 0)"]
+    return Conversion("ddim", source, {"unet": unet, "scheduler": scheduler}, settings, notes)
