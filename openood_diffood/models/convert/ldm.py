@@ -116,7 +116,7 @@ def vq_table(ddconfig: Mapping[str, Any]) -> ModuleTable:
 
 
 def split_parts(state: Mapping[str, torch.Tensor]) -> Dict[str, Dict[str, torch.Tensor]]:
-    """The state dict's weights by part (prefixes removed); an entry of no part and no buffer is an error."""
+    """The state dict's weights by part (full keys); an entry of no part and no buffer is an error."""
     parts: Dict[str, Dict[str, torch.Tensor]] = {name: {} for name in PARTS}
     for key, tensor in state.items():
         if key in BUFFERS or key.startswith(IGNORED_PREFIXES):
@@ -125,7 +125,7 @@ def split_parts(state: Mapping[str, torch.Tensor]) -> Dict[str, Dict[str, torch.
         if part is None:
             raise ValueError(f"state dict entry {key!r} belongs to no part of a LatentDiffusion checkpoint (expected "
                              "model.diffusion_model.*, first_stage_model.*, cond_stage_model.* and schedule buffers)")
-        parts[part][key[len(PARTS[part]):]] = tensor
+        parts[part][key] = tensor
     empty = [PARTS[name] for name, weights in parts.items() if not weights]
     if empty:
         raise ValueError(f"the checkpoint has no {empty[0]}* weights: it is not a LatentDiffusion state dict "
@@ -170,17 +170,19 @@ def convert_ldm(checkpoint: str, config: Optional[str] = None) -> Conversion:
     scale = float(state["scale_factor"]) if "scale_factor" in state else float(params.get("scale_factor", 1.0))
     levels = len(unet_params["channel_mult"])
     attention = [2 ** i in unet_params["attention_resolutions"] for i in range(levels)]
+    unet_modules = unet_table(levels, unet_params["num_res_blocks"], attention, lambda up: same_names)
     unet = build_model(UNet2DConditionModel, unet_config(unet_params), parts["unet"],
-                       unet_table(levels, unet_params["num_res_blocks"], attention, lambda up: same_names),
+                       nest(unet_modules, PARTS["unet"], ""),
                        f"the LDM UNet of {source} (model_channels {unet_params['model_channels']}, channel_mult "
                        f"{list(unet_params['channel_mult'])}, attention_resolutions "
                        f"{list(unet_params['attention_resolutions'])})")
-    vqvae = build_model(VQModel, vq_config(first_stage, scale), parts["vqvae"], vq_table(first_stage["ddconfig"]),
+    vqvae = build_model(VQModel, vq_config(first_stage, scale), parts["vqvae"],
+                        nest(vq_table(first_stage["ddconfig"]), PARTS["vqvae"], ""),
                         f"the VQ first stage of {source} (ch {first_stage['ddconfig']['ch']}, ch_mult "
                         f"{list(first_stage['ddconfig']['ch_mult'])}, n_embed {first_stage['n_embed']})")
     embedder = build_model(ClassEmbedder, {"num_embeddings": int(classes.get("n_classes", 1000)),
                                            "embedding_dim": int(classes["embed_dim"])},
-                           parts["class_embedder"], {"embedding.": ("embedding.", LAYER)},
+                           parts["class_embedder"], {PARTS["class_embedder"] + "embedding.": ("embedding.", LAYER)},
                            f"the ClassEmbedder of {source} (n_classes {classes.get('n_classes', 1000)}, embed_dim "
                            f"{classes['embed_dim']})")
     settings = {"linear_start": scheduler.config.beta_start, "linear_end": scheduler.config.beta_end,
