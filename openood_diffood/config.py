@@ -24,6 +24,7 @@ LAYER_SPACE = re.compile(r"^layer(\d+)$")
 SOLVERS = ("ddim", "dpmpp2m", "plms")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMBINES = ("energy",)
+PROTOCOLS = ("package", "official")
 #: Environment variables that override run options (handy with OpenOOD's unmodified scripts).
 ENVIRONMENT = {"diffusion": "DIFFOOD_DIFFUSION", "cache_dir": "DIFFOOD_CACHE_DIR"}
 
@@ -194,6 +195,10 @@ class DiffOODSettings(_Strict):
     combine: Optional[str] = option(None, _optional(_choice("combine", COMBINES)),
                                     "energy: add the classifier's energy score, both z-normalised on ID validation "
                                     "images (beyond the paper)")
+    protocol: str = option("package", _choice("protocol", PROTOCOLS),
+                           "package: the network at each noise level's own timestep, the clean input as reference; "
+                           "official: as the released DiffOOD code, the network at label t - 1 for noise level t and "
+                           "per-repeat references noised to abar_0")
 
     def _check(self) -> None:
         if self.timestep and self.stride > self.timestep:

@@ -44,17 +44,19 @@ def classifier(seed=1) -> TinyNet:
 
 
 def engine_and_official_scores(model_dir, images01, eps_model, abar, null, conditional=True, encode=None,
-                               decode=None):
-    """(engine scores of ``model_dir``, the official loop's scores with the package's protocol and the same noise)."""
+                               decode=None, protocol="package", **settings):
+    """(engine scores of ``model_dir``, the official loop's scores with the same noise), both under ``protocol``
+    (package: the loop with the package's two differences switched off); ``settings`` override :data:`LOOP`."""
     net = classifier()
-    engine = DiffOOD(net, str(model_dir), **LOOP)
+    loop = {**LOOP, **settings}
+    engine = DiffOOD(net, str(model_dir), protocol=protocol, **loop)
     norm = engine.settings.normalization
     x = norm.normalize(images01)
     keys = content_keys(images01)
     latent_shape = tuple((encode or (lambda v: v))(images01[:1] * 2 - 1).shape[1:])
-    eps = sample_noise(keys, engine.settings.seed, LOOP["repeats"], latent_shape, torch.device("cpu"))
+    eps = sample_noise(keys, engine.settings.seed, loop["repeats"], latent_shape, torch.device("cpu"))
     ours = engine.score(x, keys=keys).score
-    theirs = official_scores(net, eps_model, images01, norm.normalize, [eps[:, r] for r in range(LOOP["repeats"])],
-                             LOOP["timestep"], LOOP["stride"], LOOP["guidance"], abar, null,
-                             conditional=conditional, official=False, encode=encode, decode=decode)
+    theirs = official_scores(net, eps_model, images01, norm.normalize, [eps[:, r] for r in range(loop["repeats"])],
+                             loop["timestep"], loop["stride"], loop["guidance"], abar, null, conditional=conditional,
+                             official=protocol == "official", encode=encode, decode=decode)
     return ours, theirs

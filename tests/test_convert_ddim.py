@@ -8,7 +8,8 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from convert_helpers import convert, engine_and_official_scores, one_thread, relative_error, write_yaml  # noqa: F401
-from openood_diffood import DiffOOD
+from openood_diffood import DiffOOD, DiffOODSettings
+from openood_diffood.config import ConfigError
 from openood_diffood.hashing import file_sha256
 from openood_diffood.models.diffusion import PixelUNetBackend
 from openood_diffood.models.loading import load_diffusion
@@ -71,6 +72,25 @@ def test_scores_equal_the_official_loop(converted):
                                               official_alphas_cumprod("linear"), null=3)
     assert ours.abs().min() > 0
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_protocol_official_equals_the_official_loop_exactly_as_released(converted):
+    """Label t - 1 for noise level t and per-repeat references noised to abar_0; t = 90 is no multiple of the
+    stride (both visit the noise levels 90, 70, ..., 10, then 0)."""
+    net, _, out = converted
+    images = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    eps_model = lambda x, t, y: net(x, t, y)
+    abar = official_alphas_cumprod("linear")
+    ours, theirs = engine_and_official_scores(out, images, eps_model, abar, null=3, protocol="official", timestep=90)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+    package, _ = engine_and_official_scores(out, images, eps_model, abar, null=3, timestep=90)
+    assert (package - ours).abs().max() > 1e-3  # the two protocols differ
+
+
+def test_protocol_is_checked():
+    assert DiffOODSettings().protocol == "package"
+    with pytest.raises(ConfigError, match="protocol must be one of package, official"):
+        DiffOODSettings(protocol="released")
 
 
 def test_model_card_records_source_hash_format_and_settings(converted):

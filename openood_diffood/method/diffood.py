@@ -14,7 +14,9 @@ layer, or the image itself. An in-distribution image comes back as itself; the d
 towards the class the classifier predicted, and the classifier's view of it moves: a large score means OOD.
 
 Latent models (DiT, LDM) encode x0 first and decode the solution; ``settings.resize`` maps the inputs into the
-model's size and back. Everything else about running this (micro-batches, precision, compilation, batch sizes,
+model's size and back. ``protocol: official`` follows the released DiffOOD code instead in two details: the network
+is evaluated at label s - 1 for noise level abar[s], and g(x) is replaced, per repeat, by the features of the t = 0
+pass of the same loop, sqrt(abar_0) x0 + sqrt(1 - abar_0) eps^r. Everything else about running this (micro-batches, precision, compilation, batch sizes,
 caching) is :class:`openood_diffood.DiffOOD`'s.
 """
 from __future__ import annotations
@@ -51,15 +53,16 @@ def classify(classifier: Classifier, x: torch.Tensor, settings: DiffOODSettings)
     return classifier.features(x, settings.space, settings.threshold)
 
 
-def guided_noise(diffusion, labels: Optional[torch.Tensor], w: float) -> Callable[[torch.Tensor, int], torch.Tensor]:
+def guided_noise(diffusion, labels: Optional[torch.Tensor], w: float,
+                 shift: int = 0) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """eps(z, t) = eps_null + w (eps_y - eps_null), both branches in one network call.
 
     ``w == 1`` (conditional only), ``w == 0`` (the null class only), an unconditional model or no labels need one
-    branch and make a single call.
+    branch and make a single call. The network sees timestep t - ``shift`` (1: the official code's label).
     """
     def eps(z: torch.Tensor, t: int) -> torch.Tensor:
         n = z.shape[0]
-        steps = torch.full((n,), t, device=z.device, dtype=torch.long)
+        steps = torch.full((n,), t - shift, device=z.device, dtype=torch.long)
         if labels is None:
             return diffusion.network(z, steps, None)
         if w in (0.0, 1.0):
@@ -70,19 +73,33 @@ def guided_noise(diffusion, labels: Optional[torch.Tensor], w: float) -> Callabl
     return eps
 
 
-def round_trip(diffusion, x0: torch.Tensor, labels: Optional[torch.Tensor], keys: Sequence[Hashable],
-               settings: DiffOODSettings) -> torch.Tensor:
-    """Noise each image in [-1, 1] R times to timestep t and denoise it back: (N * R, C, H, W) in [-1, 1]."""
-    n, r, t = x0.shape[0], settings.repeats, settings.timestep
+def repeated_latents(diffusion, x0: torch.Tensor, keys: Sequence[Hashable],
+                     settings: DiffOODSettings) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(the latents of images in [-1, 1], each repeated R times, and each repeat's noise): both (N * R, C, H, W)."""
+    n, r = x0.shape[0], settings.repeats
     z0 = diffusion.encode(x0)
     eps = sample_noise(keys, settings.seed, r, tuple(z0.shape[1:]), z0.device)
     z0 = z0.unsqueeze(1).expand(n, r, *z0.shape[1:]).reshape(n * r, *z0.shape[1:])
-    zt = add_noise(z0, eps.reshape_as(z0), diffusion.schedule, t)
-    labels = None if labels is None else labels.repeat_interleave(r)
+    return z0, eps.reshape_as(z0)
+
+
+def round_trip(diffusion, z0: torch.Tensor, eps: torch.Tensor, labels: Optional[torch.Tensor],
+               settings: DiffOODSettings) -> torch.Tensor:
+    """Noise the repeated latents to timestep t with their noise and denoise them back: (N * R, C, H, W) images in
+    [-1, 1] (``labels``: one per image)."""
+    t = settings.timestep
+    zt = add_noise(z0, eps, diffusion.schedule, t)
+    labels = None if labels is None else labels.repeat_interleave(settings.repeats)
     solve = SOLVERS[settings.solver]
-    z = solve(guided_noise(diffusion, labels, settings.guidance), zt, solver_timesteps(t, settings.stride),
-              diffusion.schedule)
+    guided = guided_noise(diffusion, labels, settings.guidance, shift=int(settings.protocol == "official"))
+    z = solve(guided, zt, solver_timesteps(t, settings.stride), diffusion.schedule)
     return diffusion.decode(z)
+
+
+def official_reference(diffusion, z0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The official code's reference: the t = 0 pass of its loop, noised to abar_0 and not denoised (per repeat)."""
+    a = float(diffusion.schedule[0])
+    return diffusion.decode(a ** 0.5 * z0 + (1.0 - a) ** 0.5 * eps)
 
 
 def diffood(classifier: Classifier, diffusion, x: torch.Tensor, keys: Sequence[Hashable], settings: DiffOODSettings,
@@ -102,9 +119,13 @@ def diffood(classifier: Classifier, diffusion, x: torch.Tensor, keys: Sequence[H
         y = torch.as_tensor(settings.class_map, device=y.device)[y]
     size, hw = diffusion.sample_size, tuple(x.shape[-2:])
     x0 = _resized(norm.unnormalize(x) * 2 - 1, (size, size))               # map to [-1, 1]
-    rec = round_trip(diffusion, x0, y if diffusion.conditional else None, keys, settings)   # noise, denoise
+    z0, eps = repeated_latents(diffusion, x0, keys, settings)
+    rec = round_trip(diffusion, z0, eps, y if diffusion.conditional else None, settings)   # noise, denoise
     rec01 = (_resized(rec, hw).clamp(-1, 1) + 1) / 2
     _, rec_feat = classify(classifier, norm.normalize(rec01), settings)    # re-classify
+    if settings.protocol == "official":                                    # per-repeat noised reference
+        ref01 = (_resized(official_reference(diffusion, z0, eps), hw).clamp(-1, 1) + 1) / 2
+        feat = classify(classifier, norm.normalize(ref01), settings)[1].view(n, r, -1)
     change = feature_change(feat, rec_feat.view(n, r, -1))                 # score the change
     return BatchResult(change, pred, logits, rec01.view(n, r, *rec01.shape[1:]))
 

@@ -7,14 +7,15 @@ import torch
 def repeat_changes(feat: torch.Tensor, rec_feat: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     """|| n(g(x)) - n(g(x_r)) ||_1 for each repeat r, n = L2 normalization.
 
-    feat: (N, D) features of the inputs; rec_feat: (N, R, D) features of their R reconstructions.
-    Returns (N, R) changes.
+    feat: (N, D) features of the inputs, or (N, R, D) reference features per repeat; rec_feat: (N, R, D) features
+    of their R reconstructions. Returns (N, R) changes.
     """
-    f = feat.float().flatten(1)
+    f = feat.float()
+    f = f.unsqueeze(1) if f.ndim == 2 else f
     f = f / (f.norm(dim=-1, keepdim=True) + eps)
     g = rec_feat.float()
     g = g / (g.norm(dim=-1, keepdim=True) + eps)
-    return (f.unsqueeze(1) - g).abs().sum(-1)
+    return (f - g).abs().sum(-1)
 
 
 def feature_change(feat: torch.Tensor, rec_feat: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
