@@ -53,6 +53,12 @@ class DiffusionBackend(nn.Module):
         """Epsilon prediction for a batch at timesteps ``t`` (labels None: the unconditional branch)."""
         raise NotImplementedError
 
+    def labels_or_null(self, labels: Optional[torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+        """``labels``, or the null class for every sample of ``z`` when they are None."""
+        if labels is None:
+            return torch.full((z.shape[0],), self.null_class, device=z.device, dtype=torch.long)
+        return labels
+
 
 def resolve_null_class(num_embeds: int, null_class: Optional[int]) -> Tuple[int, int]:
     """(number of real classes, null class) for a label table of ``num_embeds`` rows whose last row is the

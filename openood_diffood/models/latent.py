@@ -44,8 +44,7 @@ class DiTDenoiser(DiffusionBackend):
 
     def network(self, z: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
         """Epsilon for latents ``z`` at timesteps ``t``; ``labels`` None predicts with the null class."""
-        if labels is None:
-            labels = torch.full((z.shape[0],), self.null_class, device=z.device, dtype=torch.long)
+        labels = self.labels_or_null(labels, z)
         out = self.transformer(z.to(self.transformer.dtype), timestep=t, class_labels=labels, return_dict=False)[0]
         return learned_sigma_eps(out, z.shape[1]).float()
 
@@ -67,9 +66,7 @@ class ClassTokenUNet(DiffusionBackend):
 
     def network(self, z: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
         """Epsilon for latents ``z`` at timesteps ``t``; ``labels`` None predicts with the null class."""
-        if labels is None:
-            labels = torch.full((z.shape[0],), self.null_class, device=z.device, dtype=torch.long)
-        context = self.class_embedder(labels).to(self.unet.dtype)
+        context = self.class_embedder(self.labels_or_null(labels, z)).to(self.unet.dtype)
         out = self.unet(z.to(self.unet.dtype), t, encoder_hidden_states=context, return_dict=False)[0]
         return learned_sigma_eps(out, z.shape[1]).float()
 

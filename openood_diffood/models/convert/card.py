@@ -29,8 +29,8 @@ def model_card(conversion: Conversion, checkpoint: str, config: Optional[str]) -
     table = "\n".join(["| field | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows])
     settings = yaml.safe_dump(conversion.settings, sort_keys=False, default_flow_style=None).strip()
     how = "\n".join(f"- {note}" for note in conversion.notes + [
-        "every checkpoint tensor was mapped onto the diffusers model built from the config and checked key by key "
-        "and shape by shape; no tensor was left over and none was missing"])
+        "every weight of the checkpoint was mapped onto the diffusers model built from the config and checked key "
+        "by key and shape by shape; none was left over and none was missing"])
     return (f"---\nlibrary_name: diffusers\ntags: [openood-diffood, converted, {conversion.format}]\n---\n\n"
             f"# {conversion.format} checkpoint converted to diffusers for DiffOOD\n\n{table}\n\n"
             f"## Settings of the source config\n\n```yaml\n{settings}\n```\n\n## How it was converted\n\n{how}\n")

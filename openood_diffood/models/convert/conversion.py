@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 
 @dataclass
@@ -15,7 +15,7 @@ class Conversion:
     config_source: str
     parts: Dict[str, Any]
     settings: Dict[str, Any]
-    notes: list = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
 
     def save(self, out_dir: str) -> None:
         """Write every part into ``out_dir/<subfolder>`` as safetensors + config.json."""

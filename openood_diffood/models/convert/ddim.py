@@ -16,7 +16,8 @@ from .checkpoint import read_state_dict
 from .conversion import Conversion
 from .ddpm_blocks import middle_and_ends, down_path, up_path
 from .keys import LAYER, ModuleTable, build_model
-from .official import class_count, official_sections, require, scheduler_config
+from .official import class_count, official_sections, scheduler_config
+from .source_config import require
 
 #: The architecture of the released checkpoints (config/ddim_cifar10_cond.yml and ddim_cifar100_cond.yml, which
 #: differ only in num_classes: without --config it is read from the rows of label_emb).
@@ -66,7 +67,7 @@ def convert_ddim(checkpoint: str, config: Optional[str] = None) -> Conversion:
         raise ValueError("resamp_with_conv: false (average-pool downsampling) has no diffusers UNet2DModel "
                          "equivalent; only the released configs' resamp_with_conv: true converts")
     state = read_state_dict(checkpoint)
-    state.pop("logvar", None)  # type 'bayesian' learns a per-timestep log-variance the noise prediction never uses
+    bayesian = state.pop("logvar", None) is not None  # type 'bayesian': a per-timestep log-variance, not used
     num_classes = class_count(model, state, configured=config is not None)
     architecture = (f"the DDIM Model of {source} (ch {model['ch']}, ch_mult {list(model['ch_mult'])}, "
                     f"num_res_blocks {model['num_res_blocks']}, attn_resolutions {list(model['attn_resolutions'])}, "
@@ -79,4 +80,6 @@ def convert_ddim(checkpoint: str, config: Optional[str] = None) -> Conversion:
     notes = ["label_emb -> class_embedding (num_classes + 1 rows, the null class last)" if num_classes else
              "no label_emb: an unconditional UNet2DModel (guidance has no effect)",
              "downsampling pads (0, 1, 0, 1) and convolves with stride 2 (downsample_padding 0)"]
+    if bayesian:
+        notes.append("logvar (type bayesian: a learned per-timestep log-variance) was not used")
     return Conversion("ddim", source, {"unet": unet, "scheduler": scheduler}, settings, notes)

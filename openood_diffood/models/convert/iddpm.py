@@ -17,7 +17,8 @@ import torch
 from .checkpoint import read_state_dict
 from .conversion import Conversion
 from .keys import Leaf, ModuleTable, build_model, conv1x1_as_linear, renamed
-from .official import class_count, official_sections, require, scheduler_config
+from .official import class_count, official_sections, scheduler_config
+from .source_config import require
 from .openai_blocks import unet_table
 
 #: The architecture of the released checkpoint (config/iddpm_cifar10_cond.yml; without --config num_classes is
@@ -38,7 +39,7 @@ def fused_qkv(heads: int) -> Leaf:
             return ATTENTION_REST(name, tensor)
         param = name.split(".")[1]
         per_head = tensor.reshape(heads, 3, tensor.shape[0] // (3 * heads), *tensor.shape[1:])
-        return [(f"to_{part}.{param}", conv1x1_as_linear(per_head[:, i].reshape(-1, *tensor.shape[1:])).clone())
+        return [(f"to_{part}.{param}", conv1x1_as_linear(per_head[:, i].reshape(-1, *tensor.shape[1:])))
                 for i, part in enumerate("qkv")]
     return leaf
 

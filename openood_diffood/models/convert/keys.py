@@ -93,7 +93,7 @@ def map_state_dict(state: Mapping[str, torch.Tensor], table: ModuleTable, expect
                 raise ValueError(f"checkpoint key {key!r} has shape {shape(tensor.shape)}, but {architecture} needs "
                                  f"{shape(expected[new])} for diffusers' {new!r}: the config does not describe this "
                                  "checkpoint (check --config)")
-            out[new] = value.contiguous()
+            out[new] = value.clone(memory_format=torch.contiguous_format)  # own storage, as safetensors needs
     missing = [k for k in expected if k not in out]
     if missing:
         owners = [(len(dst), src) for src, (dst, _) in table.items() if missing[0].startswith(dst)]

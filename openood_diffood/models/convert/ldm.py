@@ -17,7 +17,7 @@ from .checkpoint import read_state_dict
 from .conversion import Conversion
 from .ddpm_blocks import down_path, middle_and_ends, up_path
 from .keys import LAYER, ModuleTable, build_model, nest, same_names
-from .official import read_yaml
+from .source_config import read_yaml, require
 from .openai_blocks import unet_table
 
 #: ``beta_schedule`` of LDM's ``make_beta_schedule`` -> diffusers'.
@@ -57,10 +57,23 @@ def ldm_params(path: Optional[str]) -> Tuple[Dict[str, Any], str]:
     return params, path
 
 
-def check_supported(params: Mapping[str, Any], unet: Mapping[str, Any], ddconfig: Mapping[str, Any],
-                    classes: Mapping[str, Any]) -> None:
-    """One clear error for the LatentDiffusion variants this conversion does not cover."""
+UNET_KEYS = ("image_size", "in_channels", "out_channels", "model_channels", "attention_resolutions",
+             "num_res_blocks", "channel_mult", "context_dim")
+FIRST_STAGE_KEYS = ("embed_dim", "n_embed", "ddconfig")
+DDCONFIG_KEYS = ("in_channels", "out_ch", "ch", "ch_mult", "num_res_blocks", "z_channels", "resolution")
+
+
+def check_supported(params: Mapping[str, Any], unet: Mapping[str, Any], first_stage: Mapping[str, Any],
+                    classes: Mapping[str, Any], source: str) -> None:
+    """Every key the conversion reads, and one clear error for the variants it does not cover."""
+    require(unet, UNET_KEYS, f"unet_config.params of {source}")
+    require(first_stage, FIRST_STAGE_KEYS, f"first_stage_config.params of {source}")
+    ddconfig = first_stage["ddconfig"]
+    require(ddconfig, DDCONFIG_KEYS, f"first_stage_config.params.ddconfig of {source}")
+    require(classes, ("embed_dim",), f"cond_stage_config.params of {source}")
     problems = {
+        "the UNet needs num_heads or num_head_channels":
+            unet.get("num_heads", -1) != -1 or unet.get("num_head_channels", -1) != -1,
         "the class embedder's embed_dim must be the UNet's context_dim":
             classes.get("embed_dim") == unet.get("context_dim"),
         "conditioning_key must be crossattn (class tokens through cross-attention)":
@@ -162,7 +175,7 @@ def convert_ldm(checkpoint: str, config: Optional[str] = None) -> Conversion:
     unet_params = params["unet_config"].get("params", {})
     first_stage = params["first_stage_config"].get("params", {})
     classes = params["cond_stage_config"].get("params", {})
-    check_supported(params, unet_params, first_stage.get("ddconfig", {}), classes)
+    check_supported(params, unet_params, first_stage, classes, source)
     state = read_state_dict(checkpoint)
     parts = split_parts(state)
     scheduler = DDPMScheduler(**scheduler_config(params))
@@ -191,6 +204,8 @@ def convert_ldm(checkpoint: str, config: Optional[str] = None) -> Conversion:
     notes = ["class label -> ClassEmbedder token (N, 1, context_dim), the null class last, as cross-attention context",
              "encode: VQ encoder + quant_conv without quantizing; decode: through the quantizer (VQModelInterface)",
              f"latents scaled by scale_factor {scale:g}" + (" (the checkpoint's buffer)" if "scale_factor" in state
-                                                           else "")]
+                                                           else ""),
+             "schedule buffers are not weights: alphas_cumprod (when present) matched the yaml's schedule; "
+             "model_ema.* and first_stage_model.loss.* were not used"]
     return Conversion("ldm", source, {"unet": unet, "vqvae": vqvae, "class_embedder": embedder,
                                       "scheduler": scheduler}, settings, notes)

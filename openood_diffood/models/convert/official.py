@@ -2,28 +2,13 @@
 (the network's architecture, ``struc`` DDIM or iDDPM) and the ``Schedule`` section (its betas)."""
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-import yaml
+from .source_config import read_yaml, require
 
 #: ``Schedule.type`` -> diffusers' ``beta_schedule``: linear betas, the square of linear square roots ("quad"), and
 #: improved DDPM's cosine alpha-bar with betas capped at 0.999 (``squaredcos_cap_v2``).
 BETA_SCHEDULES = {"linear": "linear", "quad": "scaled_linear", "cosine": "squaredcos_cap_v2"}
-
-
-def read_yaml(path: str, what: str) -> Dict[str, Any]:
-    """A yml file as a mapping; a missing, invalid or non-mapping file is an error naming ``what`` it should be."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config {path!r} does not exist; pass {what} with --config")
-    with open(path) as f:
-        try:
-            loaded = yaml.safe_load(f)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"config {path!r} is not valid YAML ({exc}); pass {what}") from None
-    if not isinstance(loaded, dict):
-        raise ValueError(f"config {path!r} is not a mapping; pass {what}")
-    return loaded
 
 
 def official_sections(path: Optional[str], struc: str, released: Mapping[str, Any],
@@ -42,13 +27,6 @@ def official_sections(path: Optional[str], struc: str, released: Mapping[str, An
         raise ValueError(f"config {path!r} describes a {found} network (Model.struc), not {struc}: use --from "
                          f"{found.lower()} or the {struc} config")
     return model, schedule, path
-
-
-def require(section: Mapping[str, Any], keys: Tuple[str, ...], where: str) -> None:
-    """Name the first of ``keys`` that ``section`` lacks."""
-    for key in keys:
-        if key not in section:
-            raise ValueError(f"{where} lacks {key!r}, which the conversion needs; add it (see the official configs)")
 
 
 def scheduler_config(schedule: Mapping[str, Any], variance_type: str, where: str) -> Dict[str, Any]:
