@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from convert_helpers import convert, engine_and_official_scores, one_thread, relative_error, write_yaml  # noqa: F401
 from openood_diffood import DiffOOD, DiffOODSettings
@@ -120,6 +120,19 @@ def test_unconditional_checkpoint_runs_and_guidance_has_no_effect(tmp_path):
                      timestep=100, stride=20, repeats=1, guidance=1.0)
     x = engine.settings.normalization.normalize(images)
     torch.testing.assert_close(engine.score(x).score, engine.replace(guidance=5.0).score(x).score)
+
+
+def test_diffusers_own_ddpm_pipeline_layout_loads_unconditional(tmp_path):
+    """google/ddpm-cifar10-32's layout: DDPMPipeline.save_pretrained (model_index.json, unet/, scheduler/)."""
+    net, ckpt, config = write_checkpoint(tmp_path, num_classes=0)
+    assert convert("--from", "ddim", ckpt, tmp_path / "converted", "--config", config) == 0
+    unet = UNet2DModel.from_pretrained(tmp_path / "converted" / "unet")
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_pretrained(tmp_path / "converted" / "scheduler")
+                 ).save_pretrained(tmp_path / "pipeline")
+    backend = load_diffusion(tmp_path / "pipeline")
+    assert isinstance(backend, PixelUNetBackend) and not backend.conditional
+    with pytest.warns(UserWarning, match="unconditional: guidance has no effect"):
+        DiffOOD(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 3)), backend, timestep=100, stride=20)
 
 
 def test_built_in_architecture_is_the_released_one(tmp_path, capsys):
