@@ -91,3 +91,17 @@ def test_eval_and_demo_parsers_take_the_generated_flags():
     assert settings.guidance == 6.0 and settings.solver == "plms" and options.allow_untrained_timestep
     demo = parser.parse_args(["demo", "--repeats", "2"])
     assert from_arguments(demo)[0].repeats == 2 and not hasattr(demo, "diffusion")
+
+
+def test_importing_the_package_stays_light():
+    """`import openood_diffood` (the start-up hook does it in every Python process) imports neither torch nor
+    OpenOOD; the public names load on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, openood_diffood, openood_diffood.openood.hook; "
+            "print(sorted(m for m in ('torch', 'openood', 'diffusers') if m in sys.modules)); "
+            "openood_diffood.DiffOOD; print('torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[:2] == ["[]", "True"]
