@@ -105,3 +105,15 @@ def test_importing_the_package_stays_light():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split("\n")[:2] == ["[]", "True"]
+
+
+def test_the_readme_config_reference_lists_every_key():
+    import re
+
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    table = text.split("## Config reference")[1].split("\n\n")[1]
+    listed = {k for row in table.splitlines()[2:] for k in re.findall(r"`(\w+)`", row.split("|")[1])}
+    fields = set(DiffOODSettings.field_names() + RunOptions.field_names())
+    assert listed == fields, (sorted(fields - listed), sorted(listed - fields))
