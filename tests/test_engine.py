@@ -149,18 +149,19 @@ def test_openood_style_net_uses_its_feature_list():
 
 
 # ------------------------------------------------------------------ clear errors
-def test_error_wrong_image_size(tiny_net, backend):
+def test_error_wrong_image_size(tiny_net, backend, images):
     eng = DiffOOD(tiny_net, backend)
     with pytest.raises(ValueError, match="8x8.*--resize"):
         eng.score(torch.zeros(2, 3, 16, 16))
-    assert DiffOOD(tiny_net, backend, timestep=40, stride=20, resize=True).score(torch.zeros(2, 3, 16, 16)).score.shape == (2,)
+    big = torch.nn.functional.interpolate(images[:2], size=(16, 16), mode="nearest")
+    assert DiffOOD(tiny_net, backend, timestep=40, stride=20, resize=True).score(big).score.shape == (2,)
 
 
-def test_error_class_count_mismatch(backend):
+def test_error_class_count_mismatch(backend, images):
     with pytest.raises(ValueError, match="classifier has 5 classes.*conditioned on 3"):
         DiffOOD(TinyNet(num_classes=5), backend)
     eng = DiffOOD(TinyNet(num_classes=5), backend, class_map=[0, 1, 2, 0, 1], timestep=40)
-    assert eng.score(torch.zeros(1, 3, 8, 8)).score.shape == (1,)
+    assert eng.score(images[:1]).score.shape == (1,)
 
 
 @pytest.mark.parametrize("kwargs,match", [
