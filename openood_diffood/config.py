@@ -247,7 +247,8 @@ class RunOptions(_Strict):
                                                           "network samples), or auto", flag="--diffood-batch-size",
                                        dest="diffood_batch_size")
     device: Optional[str] = option(None, _optional(str), "cpu, cuda, cuda:1, ... (default: the classifier's)")
-    compile: Union[bool, str, Callable] = option(False, _compile, "torch.compile the denoiser: true, false or a torch.compile backend name",
+    compile: Union[bool, str, Callable] = option(False, _compile, "torch.compile the denoiser: true, false or a "
+                                                                    "torch.compile backend name",
                                        metavar="BACKEND")
     channels_last: bool = option(False, _bool("channels_last"), "channels-last denoiser inputs")
     cache_dir: Optional[str] = option(None, _path, "keep finished scores here; a rerun or an interrupted run "

@@ -109,7 +109,8 @@ def openood_postprocessors() -> Tuple[Optional[ModuleType], Optional[Path], str]
         return None, None, f"OpenOOD is not importable ({type(exc).__name__}: {exc})"
     checkout = openood_checkout()
     if checkout is None or not (checkout / "configs" / "postprocessors").is_dir():
-        return None, None, "OpenOOD's configs/postprocessors is not next to its package (install OpenOOD from a git clone)"
+        return None, None, ("OpenOOD's configs/postprocessors is not next to its package (install OpenOOD from a git "
+                            "clone)")
     return module, checkout / "configs", ""
 
 

@@ -131,9 +131,10 @@ def check_classifier_input(net: nn.Module, bench: Benchmark, device: torch.devic
         net(x)
     except RuntimeError as exc:
         h, w, c = bench.id_test.images.shape[1:]
-        raise ConfigError(f"the classifier cannot take the {h}x{w} images with {c} channel(s) ({str(exc).splitlines()[0]}"
-                          "); give images of the size and channels it was trained on (--image-size N; grey sets are "
-                          "made RGB when the ID set is RGB)") from None
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"the classifier cannot take the {h}x{w} images with {c} channel(s) ({first}); give images "
+                          "of the size and channels it was trained on (--image-size N; grey sets are made RGB when "
+                          "the ID set is RGB)") from None
 
 
 def run_evaluation(args: argparse.Namespace, methods: List[str], bench: Benchmark, runs: List[Tuple[str, nn.Module]],

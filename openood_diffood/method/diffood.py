@@ -16,8 +16,8 @@ towards the class the classifier predicted, and the classifier's view of it move
 Latent models (DiT, LDM) encode x0 first and decode the solution; ``settings.resize`` maps the inputs into the
 model's size and back. ``protocol: official`` follows the released DiffOOD code instead in two details: the network
 is evaluated at label s - 1 for noise level abar[s], and g(x) is replaced, per repeat, by the features of the t = 0
-pass of the same loop, sqrt(abar_0) x0 + sqrt(1 - abar_0) eps^r. Everything else about running this (micro-batches, precision, compilation, batch sizes,
-caching) is :class:`openood_diffood.DiffOOD`'s.
+pass of the same loop, sqrt(abar_0) x0 + sqrt(1 - abar_0) eps^r. Everything else about running this (micro-batches,
+precision, compilation, batch sizes, caching) is :class:`openood_diffood.DiffOOD`'s.
 """
 from __future__ import annotations
 

@@ -137,7 +137,8 @@ def run_leaderboard(args: argparse.Namespace, dotted: List[str]) -> None:
     if args.ckpt_path is None:
         leaderboard.run_folders(args.root)
     with cuda_calls_stay_put(announce=True):
-        written = (leaderboard.imagenet(args, overrides) if args.ckpt_path else leaderboard.leaderboard(args, overrides))
+        run = leaderboard.imagenet if args.ckpt_path else leaderboard.leaderboard
+        written = run(args, overrides)
     if written:
         print(f"wrote {written}", file=sys.stderr)
 

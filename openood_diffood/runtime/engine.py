@@ -188,7 +188,8 @@ class DiffOOD:
         return self.calibration
 
     @torch.no_grad()
-    def features(self, x: torch.Tensor, settings: Optional[DiffOODSettings] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def features(self, x: torch.Tensor,
+                 settings: Optional[DiffOODSettings] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """(logits, flattened features in the feature space of ``settings``, default the engine's) of a batch."""
         return classify(self.classifier, x.to(self.device), settings or self.settings)
 

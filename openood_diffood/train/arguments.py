@@ -29,8 +29,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--attention-levels", type=int, nargs="*", default=[1],
                        help="resolution levels (0 = full size) with self-attention blocks")
     model.add_argument("--dropout", type=float, default=0.1, help="dropout in the ResNet blocks")
-    model.add_argument("--norm-groups", type=positive_int, default=32, help="GroupNorm groups (must divide every level's "
-                       "channels)")
+    model.add_argument("--norm-groups", type=positive_int, default=32,
+                       help="GroupNorm groups (must divide every level's channels)")
     diffusion = parser.add_argument_group("diffusion")
     diffusion.add_argument("--num-train-timesteps", type=positive_int, default=1000, help="diffusion steps")
     diffusion.add_argument("--beta-start", type=float, default=1e-4, help="first beta of the linear schedule")
