@@ -103,8 +103,8 @@ class DiffOOD:
             raise ConfigError(f"timestep {s.timestep} is outside the diffusion model's schedule "
                               f"(0 .. {d.num_train_timesteps - 1}); use a smaller timestep")
         if d.max_timestep is not None and s.timestep >= d.max_timestep and not self.options.allow_untrained_timestep:
-            raise ConfigError(f"timestep {s.timestep} is not below {d.max_timestep}, the largest timestep the "
-                              f"diffusion model was trained on + 1 (its model card records max_timestep "
+            raise ConfigError(f"timestep {s.timestep} lies outside what the diffusion model learned: it was trained "
+                              f"on timesteps below {d.max_timestep} only (its model card records max_timestep "
                               f"{d.max_timestep}); use timestep < {d.max_timestep}, or allow_untrained_timestep "
                               "(--allow-untrained-timestep) to run anyway")
         if not d.conditional:
