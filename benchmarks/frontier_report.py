@@ -151,8 +151,10 @@ def write_report(out: Path, tag: str, studies: Mapping[str, Study], meta: dict, 
                       fewest_line(pts), ""]
     lines += ["## Defaults of diffood.yml", "", why, ""]
     if "cifar10" in studies:
-        lines += [f"CIFAR-10 grid: `--cifar-grid {args.cifar_grid}` (repeats of the reduced grid's runs: "
-                  f"{args.cifar_repeats}); round trips in bf16 autocast.", ""]
+        lines += [f"CIFAR-10 grid: `--cifar-grid {args.cifar_grid}`"
+                  + (f", strides {args.cifar_strides}, the reduced grid's runs at R = {args.cifar_repeats}"
+                     if args.cifar_grid == "reduced" else f", strides {args.strides}")
+                  + "; round trips in bf16 autocast.", ""]
     md = out / f"solver_frontier_{tag}.md"
     md.write_text("\n".join(lines))
     write_json(out / f"solver_frontier_{tag}.json", {

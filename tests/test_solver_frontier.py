@@ -22,12 +22,12 @@ def test_evaluation_counts_and_grids():
     assert len(frontier.full_grid()) == 12 and all(r == 4 for *_, r in frontier.full_grid())
     reduced = frontier.reduced_grid()
     assert reduced[0] == frontier.REFERENCE
-    assert reduced[1:] == [(s, st, 2) for st in (100, 50) for s in frontier.SOLVER_NAMES] + [("ddim", 30, 2)]
+    assert reduced[1:] == [(s, st, 2) for st in (100, 50) for s in frontier.SOLVER_NAMES]
 
 
 def run_frontier(tmp_path, shared_data, *extra):
     cmd = [sys.executable, "-m", "benchmarks.solver_frontier", "--limit", "3", "--n", "6", "--val-n", "6",
-           "--strides", "20,40", "--paper", "40,3", "--sweep-timesteps", "20,40", "--sweep-guidances", "1,3",
+           "--strides", "20,40", "--cifar-strides", "20,40", "--paper", "40,3", "--sweep-timesteps", "20,40", "--sweep-guidances", "1,3",
            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--tag", "t", *extra]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
                          env={**os.environ, "DIFFOOD_DATA": str(shared_data)})
