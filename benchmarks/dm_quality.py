@@ -44,7 +44,7 @@ CHANNELS = (16, 32, 64)
 TRAIN_ARGS = ["--norm-groups", "8", "--layers-per-block", "1", "--attention-levels", "--dropout", "0.1",
               "--max-timestep", "500", "--batch-size", "64", "--lr", "1e-3", "--warmup-steps", "100",
               "--lr-schedule", "constant", "--ema-decay", "0.995", "--crop-padding", "1", "--no-flip",
-              "--checkpoint-every", "1000000", "--keep-checkpoints", "0", "--no-progress"]
+              "--checkpoint-every", "1000000", "--keep-checkpoints", "0"]
 BASELINES = ("msp", "vim", "knn")
 #: Noise draws per image for the denoising loss.
 LOSS_DRAWS = 8

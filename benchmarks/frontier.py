@@ -29,11 +29,12 @@ def full_grid(strides: Sequence[int] = STRIDES, repeats: int = max(REPEATS)) -> 
     return [(s, st, repeats) for st in strides for s in SOLVER_NAMES]
 
 
-def reduced_grid(strides: Sequence[int] = (20, 50, 100), repeats: int = 2) -> List[Run]:
-    """The reference at the smallest stride, then every solver at each larger stride (cheapest first) at
-    ``repeats``."""
+def reduced_grid(strides: Sequence[int] = (20, 50, 100), repeats: int = 4) -> List[Run]:
+    """The reference at the smallest stride, every solver at the largest stride, then DDIM at the strides between,
+    all at ``repeats`` (on the digits' full grid the repeats, not the solver or the stride, set the frontier)."""
     ref = (REFERENCE[0], min(strides), REFERENCE[2])
-    return [ref] + [(s, st, repeats) for st in sorted(strides, reverse=True) if st != ref[1] for s in SOLVER_NAMES]
+    between = sorted((st for st in strides if ref[1] < st < max(strides)), reverse=True)
+    return [ref] + [(s, max(strides), repeats) for s in SOLVER_NAMES] + [(ref[0], st, repeats) for st in between]
 
 
 def evaluations(engine: DiffOOD, solver: str, stride: int, repeats: int) -> int:

@@ -22,7 +22,7 @@ def test_evaluation_counts_and_grids():
     assert len(frontier.full_grid()) == 12 and all(r == 4 for *_, r in frontier.full_grid())
     reduced = frontier.reduced_grid()
     assert reduced[0] == frontier.REFERENCE
-    assert reduced[1:] == [(s, st, 2) for st in (100, 50) for s in frontier.SOLVER_NAMES]
+    assert reduced[1:] == [(s, 100, 4) for s in frontier.SOLVER_NAMES] + [("ddim", 50, 4)]
 
 
 def run_frontier(tmp_path, shared_data, *extra):
