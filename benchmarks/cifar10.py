@@ -45,11 +45,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Path]:
     chosen = paper.replace(timestep=sweep.choice[0], guidance=sweep.choice[1])
     engines = {"paper": paper, **({"chosen": chosen} if chosen.settings != paper.settings else {})}
     test_sets = [*suite.test_sets(), sets.misclassified]
-    changes = {k: diffood_changes(store, e, test_sets, spaces=SPACES) for k, e in engines.items()}
-    val_changes = {k: diffood_changes(store, e, suite.val_sets(), spaces=SPACES) for k, e in engines.items()}
     if args.stage == "reconstruct":
+        for name, e in engines.items():
+            for s in test_sets:
+                store.get(e, s.images, f"{s.name} ({name} setting)")
         print(f"round trips stored under {args.cache_dir} ({store.compute_seconds() / 60:.1f} min of compute)")
         return None
+    changes = {k: diffood_changes(store, e, test_sets, spaces=SPACES) for k, e in engines.items()}
+    val_changes = {k: diffood_changes(store, e, suite.val_sets(), spaces=SPACES) for k, e in engines.items()}
     bench = suite.benchmark()
     bench.ood["table3"] = [sets.misclassified]
     base, backends, base_seconds, id_pred = baseline_scores(net, bench, BASELINES, args.backend)

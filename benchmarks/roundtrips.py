@@ -26,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from openood_diffood import DiffOOD
+from openood_diffood.config import LAYER_SPACE
 from openood_diffood.hashing import digest
 from openood_diffood.method.scoring import repeat_changes
 from openood_diffood.runtime.cache import atomic_write
@@ -156,22 +157,35 @@ class RoundTripStore:
         return float(sum(self.seconds.values()))
 
 
+def _features(engine: DiffOOD, x: torch.Tensor, spaces: Sequence[str]) -> Dict[str, torch.Tensor]:
+    """Flattened features of normalized images in each space; the layers and the logits of an OpenOOD-style net
+    come from one ``return_feature_list`` pass, every other space from :meth:`DiffOOD.features`."""
+    out: Dict[str, torch.Tensor] = {}
+    layers = {sp: int(m.group(1)) for sp in spaces if (m := LAYER_SPACE.match(sp))}
+    if layers and engine.classifier.openood_style:
+        logits, feats = engine.classifier.net(x.to(engine.device), return_feature_list=True)
+        out.update({sp: feats[k].flatten(1) for sp, k in layers.items()}, logit=logits)
+    s = engine.settings
+    for sp in spaces:
+        if sp not in out:
+            out[sp] = engine.features(x, s if sp == s.space else s.replace(space=sp, threshold=None))[1]
+    return {sp: out[sp] for sp in spaces}
+
+
 @torch.no_grad()
 def changes_by_space(engine: DiffOOD, images: np.ndarray, recs: np.ndarray, spaces: Sequence[str],
                      batch: int = 100) -> Dict[str, np.ndarray]:
     """Per-repeat feature changes (N, R) in each space for uint8 ``images`` and their reconstructions ``recs``."""
-    s, norm = engine.settings, engine.settings.normalization
+    norm = engine.settings.normalization
     out: Dict[str, List[np.ndarray]] = {sp: [] for sp in spaces}
     for start in range(0, len(images), batch):
         x = norm.from_uint8(images[start:start + batch])
         rec = torch.from_numpy(recs[start:start + batch])
         n, r = rec.shape[:2]
-        rec_norm = norm.normalize(rec.flatten(0, 1))
+        feat = _features(engine, x, spaces)
+        rec_feat = _features(engine, norm.normalize(rec.flatten(0, 1)), spaces)
         for sp in spaces:
-            settings = s if sp == s.space else s.replace(space=sp, threshold=None)
-            _, feat = engine.features(x, settings)
-            _, rec_feat = engine.features(rec_norm, settings)
-            out[sp].append(repeat_changes(feat, rec_feat.view(n, r, -1)).numpy())
+            out[sp].append(repeat_changes(feat[sp], rec_feat[sp].view(n, r, -1)).numpy())
     return {sp: np.concatenate(v) for sp, v in out.items()}
 
 

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from benchmarks import stats
-from benchmarks.roundtrips import CHUNK, RoundTripStore, scores
+from benchmarks.roundtrips import CHUNK, RoundTripStore, changes_by_space, scores
 from conftest import REPO
 from openood_diffood import DiffOOD
 from openood_diffood.evaluate.metrics import ood_metrics
 from openood_diffood.hashing import digest
+from openood_diffood.method.scoring import repeat_changes
 from openood_diffood.models.demo import DEMO_MEAN, DEMO_STD, load_demo_models
 
 #: The folder the pre-restructuring filler (its own store.py) wrote the CIFAR-10 round trips of t = 300, w = 3,
@@ -78,6 +79,20 @@ def test_chunks_are_computed_once_and_fewer_repeats_read_the_first_ones(tmp_path
     changes = scores(store, engine, images[:4])["feature"].mean(1)
     direct = engine.score(engine.settings.normalization.from_uint8(images[:4])).score.numpy()
     np.testing.assert_allclose(changes, direct, rtol=1e-5, atol=1e-6)
+
+
+def test_every_space_scores_as_the_engine_defines_it(tmp_path):
+    engine = demo_engine()
+    images = digits(6)
+    recs = RoundTripStore(tmp_path).get(engine, images).recs
+    spaces = ["image", "layer1", "layer2", "feature", "logit"]
+    fast = changes_by_space(engine, images, recs, spaces, batch=4)
+    norm = engine.settings.normalization
+    x, rec = norm.from_uint8(images), norm.normalize(torch.from_numpy(recs).flatten(0, 1))
+    for sp in spaces:
+        settings = engine.settings.replace(space=sp)
+        direct = repeat_changes(engine.features(x, settings)[1], engine.features(rec, settings)[1].view(6, 3, -1))
+        np.testing.assert_allclose(fast[sp], direct.numpy(), rtol=1e-5, atol=1e-6, err_msg=sp)
 
 
 def test_metrics_equal_openood_conventions_with_ties():
