@@ -8,28 +8,26 @@ downloaded) at the paper's ImageNet settings: t = 600, stride 20 (30 DDIM steps)
 feature clipped at 0.3, resize 224 -> 256 -> 224, autocast bf16 on CUDA. Prints images/s and the device name
 and appends a markdown row to ``benchmarks/results/imagenet_<device>.md``.
 
-    GPU (under 4 minutes):  .venv/bin/python benchmarks/device_imagenet.py
-    CPU check (small dims): .venv/bin/python benchmarks/device_imagenet.py --tiny
+    GPU (under 4 minutes):  .venv/bin/python -m benchmarks.device_imagenet
+    CPU check (small dims): .venv/bin/python -m benchmarks.device_imagenet --tiny
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from openood_diffood import DiffOOD, load_diffusion
+from openood_diffood.evaluate.tables import format_table
 
-from openood_diffood import DiffOOD, load_diffusion  # noqa: E402
-from openood_diffood.memory import suggest_batch_size  # noqa: E402
-from openood_diffood.settings import dataset_stats  # noqa: E402
+from .common import RESULTS, git_commit
 
 #: DiT-XL/2 at 256 px (facebook/DiT-XL-2-256) and a DiT small enough for a CPU check.
 DIT = {"full": dict(num_layers=28, num_attention_heads=16, attention_head_dim=72),
@@ -64,7 +62,8 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="small DiT and VAE (a CPU check of the script)")
     parser.add_argument("--images", type=int, default=None, help="images timed (default 128, tiny 4)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="images per micro-batch (default on CUDA: measured to fit 90%% of GPU memory; CPU 2)")
+                        help="images per micro-batch (default on CUDA: auto, measured to fit the free GPU memory; "
+                             "CPU 2)")
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--results", type=Path, default=None,
                         help="folder for the markdown row (default benchmarks/results; none with --tiny)")
@@ -83,19 +82,15 @@ def main() -> None:
         backend = load_diffusion(tmp)
         print(f"built and loaded the {size} model in {time.perf_counter() - t0:.1f}s "
               f"({sum(p.numel() for p in backend.denoiser.parameters()) / 1e6:.1f}M DiT parameters)")
+    batch = args.batch_size or ("auto" if device.type == "cuda" else 2)
     engine = DiffOOD(net, backend, dataset="imagenet", timestep=600, stride=20, guidance=6.0,
-                     repeats=args.repeats, space="feature", threshold=0.3, resize=True, device=device)
-    if args.batch_size:
-        engine.batch_size = args.batch_size
-    elif device.type == "cuda":
-        budget = int(0.9 * torch.cuda.get_device_properties(device).total_memory)
-        engine.batch_size = min(suggest_batch_size(engine, budget, image_size=224), n_images)
-        print(f"suggest_batch_size: {engine.batch_size} images fit {budget / 2**30:.1f} GiB")
-    else:
-        engine.batch_size = 2
-
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in dataset_stats("imagenet"))
-    x = (torch.rand(n_images, 3, 224, 224, generator=torch.Generator().manual_seed(2)) - mean) / std
+                     repeats=args.repeats, space="feature", threshold=0.3, resize=True, device=str(device),
+                     batch_size=batch)
+    norm = engine.settings.normalization
+    x = norm.normalize(torch.rand(n_images, 3, 224, 224, generator=torch.Generator().manual_seed(2)))
+    if batch == "auto":
+        engine = engine.replace(batch_size=min(engine.micro_batch_size(x[:1]), n_images))
+        print(f"batch_size auto (measured to fit 80 % of free GPU memory): {engine.batch_size} images")
     engine.score(x[:engine.batch_size])  # warm-up: kernels, allocator
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -112,17 +107,19 @@ def main() -> None:
     print(f"{name}: {rate:.2f} images/s ({n_images} images in {seconds:.1f}s, batch {engine.batch_size}, "
           f"R={args.repeats}, peak {peak:.1f} GiB, scores finite: {bool(torch.isfinite(scores).all())})")
 
-    results = args.results or (None if args.tiny else REPO / "benchmarks" / "results")
+    results = args.results or (None if args.tiny else RESULTS)
     if results is not None:
         results.mkdir(parents=True, exist_ok=True)
-        out = results / f"imagenet_{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}.md"
-        if not out.exists():
-            out.write_text("| date | device | model | images | batch | R | t / stride / w | precision | images/s "
-                           "| peak GiB |\n|---|---|---|---|---|---|---|---|---|---|\n")
-        with out.open("a") as f:
-            f.write(f"| {datetime.date.today()} | {name} | DiT-XL/2-256 size ({size}), random weights + ResNet50, "
-                    f"224 -> 256 | {n_images} | {engine.batch_size} | {args.repeats} | 600 / 20 / 6 | {precision} "
-                    f"| {rate:.2f} | {peak:.1f} |\n")
+        slug = re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')
+        log, out = results / f"imagenet_{slug}.jsonl", results / f"imagenet_{slug}.md"
+        row = [str(datetime.date.today()), f"`{git_commit()}`", name,
+               f"DiT-XL/2-256 size ({size}), random weights + ResNet50, 224 -> 256", n_images, engine.batch_size,
+               args.repeats, "600 / 20 / 6", precision, f"{rate:.2f}", f"{peak:.1f}"]
+        with log.open("a") as f:
+            f.write(json.dumps([str(c) for c in row]) + "\n")
+        rows = [json.loads(line) for line in log.read_text().splitlines()]
+        out.write_text(format_table(["date", "commit", "device", "model", "images", "batch", "R", "t / stride / w",
+                                     "precision", "images/s", "peak GiB"], rows, markdown=True) + "\n")
         print(f"wrote {out}")
 
 

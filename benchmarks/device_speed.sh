@@ -20,10 +20,10 @@ mkdir -p "$OUT"
 # The paper's CIFAR settings (t = 300, stride 20, R = 4, w = 3) on 500 images = 2 official batches of 250.
 ARGS="--device cuda --model ddpm --images 500 --out benchmarks/results"
 # 1) eager variants (bf16 autocast, micro-batch sized to free memory); the table is written even if 2) fails
-timeout 170 $PY benchmarks/speed.py $ARGS --rounds 3 --variants official ours ours:cl 2>&1 | tee "$OUT/speed_eager.txt"
+timeout 170 $PY -m benchmarks.speed $ARGS --rounds 3 --variants official ours ours:cl 2>&1 | tee "$OUT/speed_eager.txt"
 rc=$?
 # 2) torch.compile (inductor, static shapes: 2 micro-batches of 250), with the official loop again as baseline
-timeout 230 $PY benchmarks/speed.py $ARGS --rounds 2 --variants official ours:compile:bs=250 2>&1 \
+timeout 230 $PY -m benchmarks.speed $ARGS --rounds 2 --variants official ours:compile:bs=250 2>&1 \
   | tee "$OUT/speed_compile.txt"
 cp benchmarks/results/speed_*.md "$OUT"/ 2>/dev/null
 exit $rc

@@ -11,8 +11,8 @@ the same settings; rounds alternate between the variants and the medians are rep
 process CPU time (the CPU ratio is robust to other processes sharing the machine). A "network evaluation" is
 one UNet forward pass of one sample (an image, one repeat, one branch of the guidance pair).
 
-    python benchmarks/speed.py --images 250 --repeats 2 --timestep 100 --out benchmarks/results   # CPU, tiny UNet
-    python benchmarks/speed.py --device cuda --model ddpm --images 500 --variants official ours ours:compile:bs=250
+    python -m benchmarks.speed --images 250 --repeats 2 --timestep 100 --out benchmarks/results   # CPU, tiny UNet
+    python -m benchmarks.speed --device cuda --model ddpm --images 500 --variants official ours ours:compile:bs=250
 Variants: ``official``, ``ours`` with options joined by ``:`` (``cl``: channels_last, ``compile``, ``bs=N``:
 micro-batch in images, ``fp32``/``bf16``: precision).
 """
@@ -23,21 +23,23 @@ import platform
 import re
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
+import diffusers
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from openood_diffood import DiffOOD, DiffOODSettings
+from openood_diffood.evaluate.tables import format_table
+from openood_diffood.method.diffood import guided_noise
+from openood_diffood.method.noise import content_keys, sample_noise
+from openood_diffood.method.scoring import feature_change
+from openood_diffood.method.solvers import SOLVERS, network_evaluations, solver_timesteps
+from openood_diffood.models.diffusion import PixelUNetBackend
+from openood_diffood.models.networks import cifar_resnet, resnet18_32x32
 
-from openood_diffood import DiffOOD, DiffOODSettings  # noqa: E402
-from openood_diffood.diffusion import PixelUNetBackend  # noqa: E402
-from openood_diffood.networks import cifar_resnet, resnet18_32x32  # noqa: E402
-from openood_diffood.noise import content_keys, sample_noise  # noqa: E402
-from openood_diffood.scoring import feature_change  # noqa: E402
-from openood_diffood.solvers import SOLVERS, denoise, network_evaluations, solver_timesteps  # noqa: E402
+from .common import git_commit
 
 #: UNet2DModel configurations: two small ones for CPUs, the shared CIFAR-10 UNet's architecture (14.5 M) and the
 #: DDPM-CIFAR10 size (35.7 M parameters).
@@ -81,8 +83,8 @@ def official_loop(backend: PixelUNetBackend, classifier: torch.nn.Module, x: tor
     ``noise`` (N, R, C, H, W) replaces the loop's own ``randn_like`` draws (used to check equivalence).
     """
     device, unet = x.device, backend.unet
-    mean = torch.tensor(s.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(s.std, device=device).view(1, -1, 1, 1)
+    mean = torch.tensor(s.normalization.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(s.normalization.std, device=device).view(1, -1, 1, 1)
     abar = backend.alphas_cumprod.float()
     seq = solver_timesteps(s.timestep, s.stride)
     seq_next = seq[1:] + [0]
@@ -176,7 +178,7 @@ def check_equivalence(backend, classifier, s: DiffOODSettings, x: torch.Tensor, 
     s32 = s.replace(precision="fp32")
     engine = DiffOOD(classifier, backend, s32, batch_size=x.shape[0], device=device)
     ours = engine.score(x).score
-    noise = sample_noise(content_keys(engine.unnormalize(x)), s.seed, s.repeats, tuple(x.shape[1:]), device)
+    noise = sample_noise(content_keys(s.normalization.unnormalize(x)), s.seed, s.repeats, tuple(x.shape[1:]), device)
     return float((official_loop(backend, classifier, x, s32, noise=noise) - ours).abs().max())
 
 
@@ -192,12 +194,12 @@ def check_no_sync(backend: PixelUNetBackend, device: torch.device) -> str:
 
     linear = Linear(backend.unet, backend.alphas_cumprod.float().cpu()).to(device)
     z, labels = torch.randn(8, 3, 32, 32, device=device), torch.zeros(8, dtype=torch.long, device=device)
-    denoise("ddim", linear, z, 300, 20, labels, 3.0)  # first call: the schedule's one read, before the loop
+    eps = guided_noise(linear, labels, 3.0)
     torch.cuda.synchronize(device)
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for name in SOLVERS:
-            denoise(name, linear, z, 300, 20, labels, 3.0)
+        for name, solve in SOLVERS.items():
+            solve(eps, z, solver_timesteps(300, 20), linear.schedule)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.set_sync_debug_mode("warn")
@@ -240,7 +242,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     params = sum(p.numel() for p in backend.unet.parameters()) / 1e6
     g = torch.Generator().manual_seed(0)
     x01 = torch.rand(args.images, 3, 32, 32, generator=g)
-    x = ((x01 - torch.tensor(s.mean).view(1, -1, 1, 1)) / torch.tensor(s.std).view(1, -1, 1, 1)).to(device)
+    x = s.normalization.normalize(x01).to(device)
     diff = check_equivalence(backend, classifier, s, x[:4], device)
     print(f"official loop vs engine on the same noise (fp32, 4 images): max |score diff| = {diff:.2e}", flush=True)
     sync = check_no_sync(backend, device) if device.type == "cuda" else None
@@ -263,7 +265,17 @@ def main(argv: Optional[List[str]] = None) -> None:
     base = args.variants[0]
     wall0 = statistics.median(w for w, _ in times[base])
     cpu0 = statistics.median(c for _, c in times[base])
-    lines = [f"### {device_name(device)}, torch {torch.__version__}",
+    header = ["variant", "micro-batch (images)", "images/s", "network evals/s", "wall s", "CPU s",
+              "speed-up (wall)", "speed-up (CPU time)", "warm-up s"]
+    rows = []
+    for spec in args.variants:
+        wall = statistics.median(w for w, _ in times[spec])
+        cpu = statistics.median(c for _, c in times[spec])
+        batch = OFFICIAL_BATCH if engines[spec] is None else engines[spec].batch_size
+        rows.append([spec, batch, f"{args.images / wall:.1f}", f"{evals / wall:.0f}", f"{wall:.1f}", f"{cpu:.1f}",
+                     f"{wall0 / wall:.2f}x", f"{cpu0 / cpu:.2f}x", f"{warm[spec]:.1f}"])
+    lines = [f"### {device_name(device)}, torch {torch.__version__}, diffusers {diffusers.__version__}, commit "
+             f"`{git_commit()}`",
              "",
              f"UNet `{model}` ({params:.2f} M parameters, random weights), random {classifier_name}; {args.images} "
              f"images 32x32; t = {s.timestep}, DDIM stride {s.stride} "
@@ -271,16 +283,7 @@ def main(argv: Optional[List[str]] = None) -> None:
              f"precision `auto` = {'bf16' if device.type == 'cuda' else 'fp32'} for `ours`, fp32 official; "
              f"medians of {args.rounds} alternating rounds. Official loop vs engine on the same noise: "
              f"max |score diff| {diff:.1e}." + (f" Sync check: {sync}." if sync else ""),
-             "",
-             "| variant | micro-batch (images) | images/s | network evals/s | wall s | CPU s | speed-up (wall) "
-             "| speed-up (CPU time) | warm-up s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for spec in args.variants:
-        wall = statistics.median(w for w, _ in times[spec])
-        cpu = statistics.median(c for _, c in times[spec])
-        batch = OFFICIAL_BATCH if engines[spec] is None else engines[spec].batch_size
-        lines.append(f"| {spec} | {batch} | {args.images / wall:.1f} | {evals / wall:.0f} | {wall:.1f} | {cpu:.1f} | "
-                     f"{wall0 / wall:.2f}x | {cpu0 / cpu:.2f}x | {warm[spec]:.1f} |")
+             "", format_table(header, rows, markdown=True)]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -8,48 +8,49 @@ import sys
 import numpy as np
 import pytest
 
+from benchmarks.cifar10_choices import improvement_candidates
 from conftest import REPO
 
-BENCH = REPO / "benchmarks"
 BASELINES = ("msp", "ebo", "mls", "react", "vim", "knn")
 
 
 def test_benchmark_runs_end_to_end_with_every_method_finite(shared_data, tmp_path):
     out, cache = tmp_path / "results", tmp_path / "cache"
-    cmd = [sys.executable, str(BENCH / "cifar10.py"), "--n", "6", "--val-n", "6", "--misclassified", "4",
-           "--fit-n", "120", "--timestep", "40", "--stride", "20", "--repeats", "2", "--ablation-repeats", "2",
-           "--guidances", "0,3", "--timesteps", "20,40", "--out", str(out), "--cache-dir", str(cache), "--tag", "t"]
-    env_data = {"DIFFOOD_DATA": str(shared_data)}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, **env_data})
+    cmd = [sys.executable, "-m", "benchmarks.cifar10", "--n", "6", "--val-n", "6", "--misclassified", "4",
+           "--fit-n", "120", "--paper", "40,3", "--sweep-timesteps", "20,40", "--sweep-guidances", "1,3",
+           "--out", str(out), "--cache-dir", str(cache), "--tag", "t"]
+    env = {"DIFFOOD_DATA": str(shared_data)}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO,
+                         env={**os.environ, **env})
     assert res.returncode == 0, res.stderr[-3000:]
     payload = json.loads((out / "cifar10_t.json").read_text())
     methods = list(payload["results"])
-    assert methods[0] == "diffood (logit, paper)" and set(BASELINES) <= set(methods)
+    assert methods[0] == "diffood (paper: t = 40, w = 3, logit)" and set(BASELINES) <= set(methods)
     for m, rows in payload["results"].items():
         assert set(rows) == {"cifar100", "tin", "nearood", "mnist", "farood"}, m
         for row, metrics in rows.items():
             assert set(metrics) == {"FPR@95", "AUROC", "AUPR_IN", "AUPR_OUT", "ACC"}
             assert all(math.isfinite(v) and 0 <= v <= 100 for v in metrics.values()), (m, row, metrics)
     assert set(payload["table3"]) == set(methods)
-    assert all(math.isfinite(v) for t in payload["table3"].values() for v in t.values())
-    assert [p[0] for p in payload["ablations"]["guidance w"]] == ["uncond.", "3"]
-    assert [p[0] for p in payload["ablations"]["repeats R"]] == ["1", "2"]
+    assert all(math.isfinite(v) for t in payload["table3"].values() for v in [*t["AUROC_CI"], t["AUROC"], t["FPR@95"]])
+    assert len(payload["sweep"]["cells"]) == 4
+    assert all(math.isfinite(v) for cell in payload["sweep"]["cells"].values() for v in cell)
+    assert set(payload["repeats_val"][next(iter(payload["repeats_val"]))]) == {"1", "2", "4"}
+    meta = payload["meta"]
+    assert meta["compute_seconds_total"] > 0 and meta["baseline_backends"]["knn"] in ("openood", "pytorch-ood")
+    assert any(p.endswith("cifar10_test.npz") for p in meta["sha256"])
     md = (out / "cifar10_t.md").read_text()
-    assert all(f"| {m} |" in md for m in methods)
-    for png in ("ablations", "predicted_classes", "reconstructions", "hist_mnist"):
+    assert all(f"| {m} " in md for m in methods) and "cifar10_t_findings.md" in md
+    for png in ("validation", "predicted_classes", "reconstructions", "hist_mnist"):
         assert (out / "cifar10_t" / f"{png}.png").stat().st_size > 1000
-    # a second run finds every reconstruction in the store: no round trip is recomputed
+    # a second run finds every round trip in the store: none is recomputed
     files = sorted(p.name for p in cache.rglob("chunk-*.npz"))
-    res = subprocess.run(cmd + ["--stage", "reconstruct"], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, **env_data})
+    res = subprocess.run(cmd + ["--stage", "reconstruct"], capture_output=True, text=True, timeout=600, cwd=REPO,
+                         env={**os.environ, **env})
     assert res.returncode == 0 and sorted(p.name for p in cache.rglob("chunk-*.npz")) == files
 
 
 def test_combinations_fitted_on_id_validation_by_hand():
-    sys.path.insert(0, str(BENCH))
-    from cifar10_report import improvement_candidates
-
     change = np.array([1.0, 2.0, 3.0, 4.0])
     energy = np.array([-10.0, -8.0, -6.0, -4.0])
     pred = np.array([0, 0, 1, 1])

@@ -144,9 +144,10 @@ class Trainer:
         return found[-1] if found else None
 
     # -------------------------------------------------------------- resume
-    def resume(self) -> None:
-        """Load the newest checkpoint (model, EMA, optimizer, LR scheduler, step, RNG states) and say which."""
-        folder = self.latest_checkpoint()
+    def resume(self, folder: Optional[str] = None) -> None:
+        """Load a checkpoint (default: the newest; model, EMA, optimizer, LR scheduler, step, RNG states) and say
+        which."""
+        folder = folder or self.latest_checkpoint()
         state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
         differ = {k: (v, self.settings.get(k)) for k, v in state["settings"].items() if self.settings.get(k) != v}
         if differ:
@@ -335,6 +336,17 @@ def train_main(args: argparse.Namespace) -> str:
         print(f"\ninterrupted at step {trainer.step}; {where}; continue with: python -m openood_diffood "
               f"{shlex.join(argv)}", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def export_checkpoint(args: argparse.Namespace, folder: str, output: str) -> str:
+    """Write the EMA weights of checkpoint ``folder`` of the run that ``args`` (its ``train`` arguments) describes
+    as a diffusers model directory ``output``: ``unet/``, ``scheduler/`` and the model card, as a run that ended at
+    that step writes them. Returns ``output``."""
+    run = argparse.Namespace(**{**vars(args), "output": output, "resume": True,
+                                "checkpoint_dir": os.path.dirname(os.path.abspath(folder))})
+    trainer = Trainer(run)
+    trainer.resume(folder)
+    return trainer.save_output()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
