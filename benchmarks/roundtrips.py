@@ -79,7 +79,9 @@ class RoundTripStore:
 
     cache_dir: Path
     seconds: Dict[str, float] = field(default_factory=dict)
-    _fingerprints: Dict[int, Tuple[str, str]] = field(default_factory=dict)
+    #: (classifier, backend, their fingerprints) by the modules' ids; holding the modules keeps an id from being
+    #: reused by a later model while its entry lives (a freed model's id can come back for the next one loaded).
+    _fingerprints: Dict[Tuple[int, int], Tuple[nn.Module, nn.Module, Tuple[str, str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.cache_dir = Path(self.cache_dir)
@@ -87,10 +89,11 @@ class RoundTripStore:
 
     def identity(self, engine: DiffOOD, repeats: Optional[int] = None) -> Dict[str, Any]:
         """The key of ``engine``'s round trips (with ``repeats`` instead of the engine's, when given)."""
-        models = (id(engine.classifier.net), id(engine.diffusion))
+        net, backend = engine.classifier.net, engine.diffusion
+        models = (id(net), id(backend))
         if models not in self._fingerprints:
-            self._fingerprints[models] = model_fingerprints(engine.classifier.net, engine.diffusion)
-        classifier, diffusion = self._fingerprints[models]
+            self._fingerprints[models] = (net, backend, model_fingerprints(net, backend))
+        classifier, diffusion = self._fingerprints[models][2]
         key = round_trip_key(engine)
         if repeats is not None:
             key["repeats"] = repeats

@@ -1,7 +1,9 @@
 """The benchmarks' round-trip store (format 2) and their bootstrap statistics."""
+import gc
 import json
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -79,6 +81,24 @@ def test_chunks_are_computed_once_and_fewer_repeats_read_the_first_ones(tmp_path
     changes = scores(store, engine, images[:4])["feature"].mean(1)
     direct = engine.score(engine.settings.normalization.from_uint8(images[:4])).score.numpy()
     np.testing.assert_allclose(changes, direct, rtol=1e-5, atol=1e-6)
+
+
+def test_a_fingerprinted_model_stays_alive_so_its_id_cannot_pass_to_the_next(tmp_path):
+    """The store keys fingerprints by the models' id(); a model freed after it was fingerprinted could hand its
+    id() to the next one loaded, which would then read the freed model's round trips (dm_quality once scored its
+    4,800-step model with the 1,200-step model's reconstructions). So the store keeps every model it fingerprinted
+    alive, and a second model gets its own fingerprint."""
+    store = RoundTripStore(tmp_path)
+    engine = demo_engine()
+    first = store.identity(engine)["diffusion"]
+    alive = weakref.ref(engine.diffusion)
+    del engine
+    gc.collect()
+    assert alive() is not None
+    other = demo_engine()
+    with torch.no_grad():
+        next(other.diffusion.parameters()).add_(0.01)
+    assert store.identity(other)["diffusion"] != first
 
 
 def test_every_space_scores_as_the_engine_defines_it(tmp_path):
