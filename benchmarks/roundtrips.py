@@ -49,10 +49,13 @@ def tensor_fingerprint(tensors: Mapping[str, torch.Tensor], extra: Optional[Mapp
 
 
 def model_fingerprints(classifier: nn.Module, backend: nn.Module) -> Tuple[str, str]:
-    """(classifier, diffusion) fingerprints of a classifier and a pixel UNet backend, as the store's keys use them."""
+    """(classifier, diffusion) fingerprints of a classifier and a pixel UNet backend, as the store's keys use them;
+    the UNet's config enters without ``_name_or_path`` (where a model was loaded from changes nothing it computes,
+    so a checkout or data folder elsewhere finds the same round trips)."""
     unet = backend.unet
     tensors = {**{f"unet.{k}": v for k, v in unet.state_dict().items()}, "alphas_cumprod": backend.alphas_cumprod}
-    return tensor_fingerprint(classifier.state_dict()), tensor_fingerprint(tensors, extra=dict(unet.config))
+    config = {k: v for k, v in unet.config.items() if k != "_name_or_path"}
+    return tensor_fingerprint(classifier.state_dict()), tensor_fingerprint(tensors, extra=config)
 
 
 def round_trip_key(engine: DiffOOD) -> Dict[str, Any]:

