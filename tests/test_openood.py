@@ -36,6 +36,12 @@ def test_packaged_configs_hold_the_paper_defaults():
         assert {"diffusion", "timestep", "guidance", "repeats", "stride", "space", "threshold", "seed",
                 "batch_size"} <= set(args)
     assert set(cifar["postprocessor_sweep"]) == {"timestep_list", "guidance_list", "repeats_list"}
+    # APS searches at least the grid the benchmarks' joint validation sweep chooses from
+    from benchmarks.sweep import GUIDANCES, PAPER, TIMESTEPS
+
+    sweep = cifar["postprocessor_sweep"]
+    assert set(TIMESTEPS) <= set(sweep["timestep_list"]) and set(GUIDANCES) <= set(sweep["guidance_list"])
+    assert (a["timestep"], a["guidance"]) == PAPER
     # the repository's configs/postprocessors are the packaged ones
     assert Path(config_path("diffood")).read_text() == (REPO / "configs/postprocessors/diffood.yml").read_text()
 
