@@ -36,7 +36,8 @@ from openood_diffood.train.trainer import train_main
 CLASSIFIER_EPOCHS, CLASSIFIER_BATCH, CLASSIFIER_LR = 40, 64, 2e-3
 NORMALIZATION = Normalization(DEMO_MEAN, DEMO_STD)
 #: The demo diffusion model: a small UNet for 16x16 grey digits, trained on the timesteps DiffOOD uses.
-DIFFUSION_ARGS = ["--block-out-channels", "16", "32", "64", "--norm-groups", "8", "--layers-per-block", "1", "--attention-levels",
+DIFFUSION_ARGS = ["--block-out-channels", "16", "32", "64", "--norm-groups", "8", "--layers-per-block", "1",
+                  "--attention-levels",
                   "--dropout", "0.1", "--max-timestep", "500", "--steps", "1200", "--batch-size", "64",
                   "--lr", "1e-3", "--warmup-steps", "100", "--lr-schedule", "cosine", "--ema-decay", "0.995",
                   "--crop-padding", "1", "--no-flip", "--checkpoint-every", "400", "--save-dtype", "fp16"]
@@ -79,7 +80,8 @@ def main(argv: List[str] | None = None) -> None:
     sets = demo_sets(0)
     net = train_classifier(*sets["train"], seed=opts.seed)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, os.path.join(opts.out, CLASSIFIER_FILE))
-    print(f"classifier: val accuracy {accuracy(net, *sets['val']):.4f}, test accuracy {accuracy(net, *sets['test']):.4f}")
+    print(f"classifier: val accuracy {accuracy(net, *sets['val']):.4f}, "
+          f"test accuracy {accuracy(net, *sets['test']):.4f}")
 
     diffusion_dir = os.path.join(opts.out, DIFFUSION_DIR)
     shutil.rmtree(diffusion_dir, ignore_errors=True)

@@ -92,7 +92,8 @@ def _eval_args(tiny, **replace):
 ])
 def test_bad_inputs_get_clear_errors(tiny, tmp_path, capsys, problem, match):
     args = {
-        "labels": _eval_args(tiny, **{"--id-test": save_npz(tmp_path / "bad.npz", rgb_images(6, 5), [0, 1, 2, 5, 0, 1])}),
+        "labels": _eval_args(tiny, **{"--id-test": save_npz(tmp_path / "bad.npz", rgb_images(6, 5),
+                                                            [0, 1, 2, 5, 0, 1])}),
         "sizes": _eval_args(tiny, **{"--far": f"f={save_npz(tmp_path / 'small.npz', rgb_images(6, 5, size=6))}"}),
         "missing": _eval_args(tiny, **{"--near": f"n={tmp_path / 'nowhere.npz'}"}),
         "no_images": _eval_args(tiny, **{"--near": "n=" + save_npz(tmp_path / "x.npz", rgb_images(2, 0))

@@ -96,7 +96,8 @@ def test_postprocessor_contract(tmp_path, tiny_diffusion_dir):
     assert pp.get_hyperparam() == [100, 1.0, 2]
     pred, conf, label = pp.inference(net, data, progress=False)
     assert pred.dtype.kind == "i" and conf.dtype.kind == "f" and pred.shape == conf.shape == label.shape == (10,)
-    expected = openood_diffood.DiffOOD(net, pp.engine.diffusion, pp.settings).score(torch.cat([b["data"] for b in data]))
+    engine = openood_diffood.DiffOOD(net, pp.engine.diffusion, pp.settings)
+    expected = engine.score(torch.cat([b["data"] for b in data]))
     np.testing.assert_allclose(conf, -expected.score.numpy(), atol=1e-6)
     p, c = pp.postprocess(net, data[0]["data"])
     np.testing.assert_allclose(c.numpy(), conf[:5], atol=1e-6)

@@ -25,8 +25,10 @@ def test_diffood_separates_cifar10_from_tiny_imagenet(shared_data):
     with np.load(shared_data / "tin_val_32.npz") as f:
         tin_pool = np.flatnonzero(f["openood_cifar10_test_tin"])
     mean, std = DATASET_STATS["cifar10"]
-    x_id = load_npz_normalized(shared_data / "cifar10_test.npz", np.sort(rng.choice(10000, N, replace=False)), mean, std)
-    x_ood = load_npz_normalized(shared_data / "tin_val_32.npz", np.sort(rng.choice(tin_pool, N, replace=False)), mean, std)
+    id_index = np.sort(rng.choice(10000, N, replace=False))
+    ood_index = np.sort(rng.choice(tin_pool, N, replace=False))
+    x_id = load_npz_normalized(shared_data / "cifar10_test.npz", id_index, mean, std)
+    x_ood = load_npz_normalized(shared_data / "tin_val_32.npz", ood_index, mean, std)
     engine = DiffOOD(net.eval(), weights / "cifar10_cond_unet", batch_size=N, **CHEAP)
     s_id, s_ood = engine.score(x_id).score, engine.score(x_ood).score
     auroc = roc_auc_score(np.r_[np.zeros(N), np.ones(N)], np.r_[s_id, s_ood])

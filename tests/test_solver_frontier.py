@@ -27,7 +27,8 @@ def test_evaluation_counts_and_grids():
 
 def run_frontier(tmp_path, shared_data, *extra):
     cmd = [sys.executable, "-m", "benchmarks.solver_frontier", "--limit", "3", "--n", "6", "--val-n", "6",
-           "--strides", "20,40", "--cifar-strides", "20,40", "--paper", "40,3", "--sweep-timesteps", "20,40", "--sweep-guidances", "1,3",
+           "--strides", "20,40", "--cifar-strides", "20,40", "--paper", "40,3", "--sweep-timesteps", "20,40",
+           "--sweep-guidances", "1,3",
            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--tag", "t", *extra]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
                          env={**os.environ, "DIFFOOD_DATA": str(shared_data)})

@@ -148,7 +148,8 @@ def test_image_folder_and_imglist(tmp_path):
     root = tmp_path / "data"
     for i, (cls, size) in enumerate([("cat", 8), ("cat", 8), ("dog", 8)]):
         (root / "images_classic" / "set" / cls).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.full((size, size, 3), 40 * i, np.uint8)).save(root / "images_classic" / "set" / cls / f"{i}.png")
+        image = Image.fromarray(np.full((size, size, 3), 40 * i, np.uint8))
+        image.save(root / "images_classic" / "set" / cls / f"{i}.png")
     images, labels, classes = load_images(str(root / "images_classic" / "set"))
     assert images.shape == (3, 8, 8, 3) and images.dtype == np.uint8
     assert labels.tolist() == [0, 0, 1] and classes == ["cat", "dog"]

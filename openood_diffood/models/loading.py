@@ -46,9 +46,9 @@ LAYOUTS = {
     "latent": ((("vae",), LATENT_DENOISERS), "A latent model directory holds transformer/ (DiTTransformer2DModel) or "
                                              "unet/ (UNet2DModel), vae/ (AutoencoderKL) and scheduler/, as "
                                              "DiTPipeline.save_pretrained writes them."),
-    "ldm": ((("vqvae",), ("class_embedder",), ("unet",)), "An LDM directory holds unet/ (UNet2DConditionModel), "
-                                                          "vqvae/ (VQModel), class_embedder/ and scheduler/, as "
-                                                          "`python -m openood_diffood convert --from ldm` writes them."),
+    "ldm": ((("vqvae",), ("class_embedder",), ("unet",)),
+            "An LDM directory holds unet/ (UNet2DConditionModel), vqvae/ (VQModel), class_embedder/ and scheduler/, "
+            "as `python -m openood_diffood convert --from ldm` writes them."),
 }
 
 

@@ -20,7 +20,8 @@ class _BasicBlock(nn.Module):
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
             if shortcut == "conv":  # OpenOOD: 1x1 conv + BN
-                self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+                self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
+                                              nn.BatchNorm2d(planes))
             else:  # akamaster "option A": subsample and zero-pad channels
                 self.pad = planes // 4
 

@@ -25,7 +25,8 @@ class ResnetBlock(nn.Module):
         self.norm1, self.conv1 = group_norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
         if temb:
             self.temb_proj = nn.Linear(temb, cout)
-        self.norm2, self.dropout, self.conv2 = group_norm(cout), nn.Dropout(dropout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.norm2, self.dropout = group_norm(cout), nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         if cin != cout:
             self.nin_shortcut = nn.Conv2d(cin, cout, 1)
 
@@ -90,7 +91,8 @@ def _down_levels(ch, ch_mult, blocks, attend, temb, dropout):
 
 def _middle(c, temb, dropout):
     mid = nn.Module()
-    mid.block_1, mid.attn_1, mid.block_2 = ResnetBlock(c, c, temb, dropout), AttnBlock(c), ResnetBlock(c, c, temb, dropout)
+    mid.block_1, mid.attn_1 = ResnetBlock(c, c, temb, dropout), AttnBlock(c)
+    mid.block_2 = ResnetBlock(c, c, temb, dropout)
     return mid
 
 
