@@ -22,10 +22,11 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from openood_diffood import DiffOOD, load_diffusion
+from openood_diffood import DiffOOD
 from openood_diffood.method.noise import sample_noise
 from openood_diffood.method.solvers import add_noise
 from openood_diffood.models.demo import load_demo_models
+from openood_diffood.models.diffusion import DiffusionBackend
 from openood_diffood.train.arguments import add_train_arguments
 from openood_diffood.train.data import DEMO_DATA
 from openood_diffood.train.trainer import checkpoints, export_checkpoint, train_main
@@ -84,10 +85,9 @@ def train_models(work: Path, lengths: Sequence[int], channels: Sequence[int], se
 
 
 @torch.no_grad()
-def denoising_loss(diffusion_dir: Path, suite: Suite, t: int, seed: int) -> stats.Estimate:
+def denoising_loss(backend: DiffusionBackend, suite: Suite, t: int, seed: int) -> stats.Estimate:
     """Epsilon MSE at timestep ``t`` of the ID validation images, conditioned on their class, LOSS_DRAWS noise
     draws per image; the interval resamples the images."""
-    backend = load_diffusion(str(diffusion_dir))
     x0 = torch.from_numpy(suite.id_val.images).permute(0, 3, 1, 2).float() / 127.5 - 1
     labels = torch.from_numpy(suite.id_val.labels)
     eps = sample_noise(range(len(x0)), seed, LOSS_DRAWS, tuple(x0.shape[1:]), torch.device("cpu"))
@@ -126,7 +126,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
         engine = DiffOOD(net, str(path), digits_settings(timestep=t, guidance=w), batch_size=25)
         params[label] = sum(p.numel() for p in engine.diffusion.parameters())
         sc = mean_scores(diffood_changes(store, engine, suite.test_sets(), label), suite.space, 4)
-        rows[label] = {"loss": denoising_loss(path, suite, t, args.seed), **ood_cells(sc, suite)}
+        rows[label] = {"loss": denoising_loss(engine.diffusion, suite, t, args.seed), **ood_cells(sc, suite)}
     base, backends, base_seconds, _ = baseline_scores(net, suite.benchmark(), BASELINES, args.backend, "demo")
     baselines = {m: ood_cells(s, suite) for m, s in base.items()}
     total = {"training (earlier runs included, from the checkpoints)": train_seconds_total(args.work),
