@@ -109,8 +109,12 @@ def analysis_section(inp, scores: Mapping[str, Mapping[str, np.ndarray]], plain:
     imgs = torch.cat([torch.from_numpy(sets[n].images[idx]).permute(0, 3, 1, 2).float() / 255 for n, idx in picks])
     recs = torch.cat([torch.from_numpy(trips[n].recs[idx]) for n, idx in picks])
     shown_scores = [float(scores[plain][n][i]) for n, idx in picks for i in idx]
-    titles = [f"{n} ({CIFAR10_CLASSES[preds[n][i]]})" for n, idx in picks for i in idx]
-    reconstruction_grid(str(fig_dir / "reconstructions.png"), imgs, recs, shown_scores, titles)
+    titles = [f"{n}, predicted {CIFAR10_CLASSES[preds[n][i]]}" for n, idx in picks for i in idx]
+    reconstruction_grid(str(fig_dir / "reconstructions.png"), imgs, recs, shown_scores, titles,
+                        suptitle=f"DiffOOD at the paper's setting: the first 3 test images of {', '.join(names[:-1])}, "
+                        f"then the 4 {far} images it scores most ID-like and the 2 most OOD-like\n(top: the input "
+                        "with its set, the class the reconstructions are conditioned on, and its score; below: its "
+                        "R reconstructions)")
     msp = {n: float(np.mean(-scores["msp"][n])) for n in names} if "msp" in scores else {}
     share = {n: (np.bincount(preds[n], minlength=10) / len(preds[n])).round(3).tolist() for n in names}
     rel = fig_dir.name
