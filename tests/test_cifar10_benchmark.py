@@ -33,6 +33,14 @@ def test_benchmark_runs_end_to_end_with_every_method_finite(shared_data, tmp_pat
             assert all(math.isfinite(v) and 0 <= v <= 100 for v in metrics.values()), (m, row, metrics)
     assert set(payload["table3"]) == set(methods)
     assert all(math.isfinite(v) for t in payload["table3"].values() for v in [*t["AUROC_CI"], t["AUROC"], t["FPR@95"]])
+    diff, res = payload["chosen_minus_paper"], payload["results"]
+    chosen = [m for m in methods if m.startswith("diffood (val-chosen") and m.endswith(", logit)")]
+    assert len(diff) == (3 if chosen else 0)
+    if chosen:  # the paired difference's point estimate is the difference of the table's rows
+        mean = {m: (res[m]["nearood"]["AUROC"] + res[m]["farood"]["AUROC"]) / 2 for m in (methods[0], chosen[0])}
+        assert abs(diff["mean near/far"][0] - (mean[chosen[0]] - mean[methods[0]])) < 1e-6
+        assert abs(diff["far"][0] - (res[chosen[0]]["farood"]["AUROC"] - res[methods[0]]["farood"]["AUROC"])) < 1e-6
+        assert all(lo <= v <= hi for v, lo, hi in diff.values())
     assert len(payload["sweep"]["cells"]) == 4
     assert all(math.isfinite(v) for cell in payload["sweep"]["cells"].values() for v in cell)
     assert set(payload["repeats_val"][next(iter(payload["repeats_val"]))]) == {"1", "2", "4"}
