@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from openood_diffood.evaluate.tables import format_table  # noqa: E402
 
@@ -22,6 +23,7 @@ from .sweep import Sweep  # noqa: E402
 COLORS = {"ddim": "tab:blue", "dpmpp2m": "tab:orange", "plms": "tab:green"}
 MARKERS = {1: "v", 2: "s", 4: "o"}
 NAMES = {"ddim": "DDIM", "dpmpp2m": "DPM-Solver++(2M)", "plms": "PLMS"}
+TICKS = (1, 2, 5, 10, 20, 50, 100, 200, 500)  # labelled UNet evaluation counts on the log x axis
 
 
 @dataclass
@@ -106,6 +108,10 @@ def plot(path: Path, studies: Mapping[str, Study]) -> None:
                    label="DDIM-20 R4 (reference)")
         t, w = s.settings[setting]
         ax.set_xscale("log")
+        lo, hi = min(p.evaluations for p in pts), max(p.evaluations for p in pts)
+        ax.set_xticks([x for x in TICKS if lo / 1.5 <= x <= hi * 1.5], minor=False)
+        ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("UNet evaluations per image (log scale)")
         ax.set_ylabel("mean near/far AUROC (%)")
         ax.set_title(f"{name}: {setting} setting t = {t}, w = {w:g}", fontsize=10)
