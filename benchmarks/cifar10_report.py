@@ -126,6 +126,7 @@ def chosen_minus_paper(inp: Inputs, rows: Mapping[str, SetScores]) -> Dict[str, 
 
 
 def difference_line(inp: Inputs, diff: Mapping[str, stats.Estimate]) -> List[str]:
+    """The markdown line of :func:`chosen_minus_paper` (none when it is empty)."""
     if not diff:
         return []
     return [f"Validation-chosen ({inp.label('chosen')}) minus the paper's setting ({inp.label('paper')}) on the "
