@@ -13,6 +13,20 @@ from .train.arguments import add_train_arguments
 from .train.trainer import train_main
 
 
+#: How long ``demo`` takes, as the README's "What `make demo` prints" says.
+DEMO_TIME = "CPU, about 35 s on 2 cores"
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where a default says nothing: required options, on/off switches and
+    options whose help already says what happens without them (default None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.required or action.nargs == 0 or action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m openood_diffood`` parser with its ``eval``, ``demo`` and ``train`` subcommands."""
     parser = argparse.ArgumentParser(prog="python -m openood_diffood",
@@ -25,11 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(p)
     add_run_arguments(p)
     p.set_defaults(func=eval_main)
-    p = sub.add_parser("demo", help="the small benchmark shipped with the package (CPU, a few minutes)")
+    p = sub.add_parser("demo", help=f"the small benchmark shipped with the package ({DEMO_TIME})")
     add_run_arguments(p, demo=True)
-    p.set_defaults(func=demo_main, id_data="demo", root=None, fsood=False)
+    p.set_defaults(func=demo_main)
     p = sub.add_parser("train", help="train a class-conditional diffusion model for DiffOOD",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     add_train_arguments(p)
     p.set_defaults(func=train_main)
     add_convert_arguments(sub.add_parser("convert", help="convert the paper's own checkpoints (official DiffOOD "
@@ -50,9 +64,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (ValueError, OSError, ImportError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            hint = getattr(args, "resume_hint", None)
-            print(f"\ninterrupted: {hint or 'nothing had finished yet'}", file=sys.stderr)
+        except KeyboardInterrupt as exc:  # eval's carries the command that resumes
+            print(f"\ninterrupted: {exc or 'nothing had finished yet'}", file=sys.stderr)
             return 130
     return 0
 

@@ -17,10 +17,10 @@ NORM = ["--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25"]
 FAST = ["--timestep", "100", "--stride", "50", "--repeats", "1"]
 
 
-def eval_args(tiny, *extra, **specs):
+def eval_args(tiny, *extra, norm=NORM, arch="cifar_resnet20", **specs):
     specs = {"--ckpt": tiny["ckpt"], "--id-test": tiny["id"], "--near": f"n={tiny['near']}",
              "--far": f"f={tiny['far']}", "--fit-data": tiny["fit"], **specs}
-    args = ["eval", "--arch", "cifar_resnet20", "--postprocessor", "msp", "--no-plots", "--no-progress", *NORM]
+    args = ["eval", "--arch", arch, "--postprocessor", "msp", "--no-plots", "--no-progress", *norm]
     for k, v in specs.items():
         if v is not None:
             args += [k, v]
@@ -51,7 +51,18 @@ def _bad_inputs(tiny, tmp_path):
         "cuda without a GPU": (eval_args(tiny, "--device", "cuda"), "CUDA is not available here; use --device cpu"),
         "grey sets, RGB classifier": (eval_args(tiny, "--mean", "0.5", "--std", "0.25",
                                                 **{"--id-test": grey, "--near": f"n={grey}", "--far": None,
-                                                   "--fit-data": None}), "the classifier cannot take"),
+                                                   "--fit-data": None}),
+                                      "it takes 3 channel(s): give the ID test set with 3 channel(s) (grey images "
+                                      "repeated to RGB) and 3-value --mean/--std"),
+        "grey ID set, RGB statistics": (eval_args(tiny, norm=(), **{"--id-test": grey, "--near": f"n={grey}",
+                                                                    "--far": None, "--fit-data": None}),
+                                        "has 1 channel(s) but the normalization 3 value(s); give 1-value "
+                                        "--mean/--std"),
+        "misspelt method": (eval_args(tiny, "--postprocessor", "difood"),
+                            "unknown baseline 'difood' (did you mean 'diffood'?)"),
+        "misspelt id data": (eval_args(tiny, "--id-data", "cifar-10", norm=(), arch="resnet18_32x32"),
+                             "unknown --id-data 'cifar-10' (did you mean 'cifar10'?); known: cifar10, cifar100, "
+                             "imagenet, imagenet200; for other data give --mean and --std"),
         "missing local-looking dir": (eval_args(tiny, "--postprocessor", "diffood", "--diffusion", "./my_diff"),
                                       "diffusion model directory './my_diff' does not exist"),
         "checkpoint with code": (eval_args(tiny, **{"--ckpt": str(tmp_path / "code.pt")}),
@@ -74,7 +85,7 @@ def _bad_inputs(tiny, tmp_path):
 
 
 PROBLEMS = ["missing diffusion dir", "missing local-looking dir", "arch", "num classes", "cuda without a GPU",
-            "grey sets, RGB classifier",
+            "grey sets, RGB classifier", "grey ID set, RGB statistics", "misspelt method", "misspelt id data",
             "checkpoint with code", "empty npz", "object arrays", "size vs diffusion model", "weights missing",
             "untrained timestep", "fit data for knn"]
 
@@ -101,6 +112,7 @@ def test_bad_eval_input_is_one_error_line_before_any_scoring(tiny, tmp_path, cap
     ("--limit", "-3", ">= 1"), ("--limit", "0", ">= 1"), ("--batch-size", "0", ">= 1"),
     ("--diffood-batch-size", "0", ">= 1"), ("--fit-limit", "0", ">= 1"), ("--guidance", "-2", "guidance must be >= 0"),
     ("--solver", "euler", "solver must be one of ddim, dpmpp2m, plms"), ("--space", "logits", "space must be one of"),
+    ("--near", "cifar100:file.npz", "'cifar100:file.npz' is not a file; name a set as NAME=PATH: cifar100=file.npz"),
 ])
 def test_argparse_rejects_nonsense_values(tiny, capsys, flag, value, fragment):
     with pytest.raises(SystemExit) as exc:
@@ -212,11 +224,22 @@ def test_train_ctrl_c_leaves_no_temporary_checkpoint_and_resume_says_the_step(tm
     assert "resuming from step 2 of 6" in capsys.readouterr().err
 
 
-def test_train_help_shows_the_defaults(capsys):
+def test_train_help_shows_the_defaults_that_say_something(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     out = capsys.readouterr().out
-    assert "(default: 100000)" in out and "(default: 0.0002)" in out
+    assert "(default: 100000)" in out and "(default: 0.0002)" in out and "(default: <output>/checkpoints)" in out
+    assert "(default: True)" not in out and "(default: False)" not in out and "(default: None)" not in out
+
+
+def test_demo_help_and_readme_give_the_same_time(capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    listed = " ".join(capsys.readouterr().out.split())
+    assert f"demo the small benchmark shipped with the package ({cli.DEMO_TIME})" in listed
+    took = cli.DEMO_TIME.split("about ")[1].split(" on ")[0]  # "35 s"
+    assert f"it takes about {took}" in " ".join(readme.split())
 
 
 def test_histogram_panels_are_labelled_with_threshold_and_log_scale_for_spikes():

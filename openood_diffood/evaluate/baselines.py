@@ -7,12 +7,18 @@ pytorch-ood's detectors with OpenOOD's default settings. Nothing is re-implement
 """
 from __future__ import annotations
 
+import contextlib
+import difflib
 import functools
+import io
+import sys
 import warnings
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from unittest import mock
 
 import numpy as np
 import torch
@@ -34,20 +40,49 @@ _OPENOOD_NET_WRAPPERS = {"react": ("openood.networks.react_net", "ReactNet"),
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
 
+@dataclass
+class FitData:
+    """ID fit images as ``(normalized images, labels)`` batches on the classifier's device, with the classifier's
+    ``(logits, penultimate features)`` on each batch: extracted once, shared by every baseline fitted on them."""
+
+    batches: List[Batch]
+    outputs: List[Tuple[torch.Tensor, torch.Tensor]]
+
+    @classmethod
+    @torch.no_grad()
+    def extract(cls, classifier: nn.Module, batches: Iterable[Batch], progress: bool = False) -> "FitData":
+        """One pass of the classifier over the fit batches."""
+        clf = as_classifier(classifier).eval()
+        device = last_linear(clf.net).weight.device
+        moved = [(x.to(device), y) for x, y in batches]
+        outputs = [clf.features(x, "feature")
+                   for x, _ in tqdm(moved, desc="fit set features", disable=not progress, leave=False)]
+        return cls(moved, outputs)
+
+    def __len__(self) -> int:
+        return sum(len(x) for x, _ in self.batches)
+
+    def features(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(penultimate features, labels) of every fit image, on the CPU."""
+        return torch.cat([f.cpu() for _, f in self.outputs]), torch.cat([y.cpu() for _, y in self.batches])
+
+
 class Baseline(ABC):
     """A fitted-or-not post-hoc detector on a classifier; ``score`` is higher for more OOD-looking images."""
 
-    def __init__(self, name: str, backend: str, needs_fit: bool) -> None:
-        self.name, self.backend, self.needs_fit = name, backend, needs_fit
+    def __init__(self, name: str, backend: str, needs_fit: bool, classifier: Classifier) -> None:
+        self.name, self.backend, self.needs_fit, self.classifier = name, backend, needs_fit, classifier
 
-    def fit(self, batches: Optional[Iterable[Batch]]) -> "Baseline":
-        """Fit on ID images: ``(normalized images, labels)`` batches (None: no fit data)."""
-        if batches is None:
+    def fit(self, data: Union[FitData, Iterable[Batch], None], progress: bool = False) -> "Baseline":
+        """Fit on ID images: a shared :class:`FitData`, or ``(normalized images, labels)`` batches (None: no fit
+        data). ``progress``: show the fitting's own progress bars and messages."""
+        if data is None:
             if self.needs_fit:
                 raise ValueError(f"baseline {self.name!r} is fitted on ID training images: give them "
-                                 "(`eval --fit-data train.npz`, or an OpenOOD --data-root with its train list)")
+                                 "(`eval --fit-data train.npz`)")
             return self
-        self._fit(list(batches))
+        if self.needs_fit:
+            self._fit(data if isinstance(data, FitData) else FitData.extract(self.classifier, data), progress)
         return self
 
     def score(self, batches: Iterable[torch.Tensor], progress: bool = True, desc: str = "",
@@ -60,7 +95,7 @@ class Baseline(ABC):
         return torch.cat(out).numpy()
 
     @abstractmethod
-    def _fit(self, batches: List[Batch]) -> None: ...
+    def _fit(self, data: FitData, progress: bool) -> None: ...
 
     @abstractmethod
     def _score_batch(self, x: torch.Tensor) -> torch.Tensor: ...
@@ -78,11 +113,25 @@ class OpenOODNet(nn.Module):
         super().__init__()
         self.classifier = as_classifier(classifier)
         self.fc = last_linear(self.classifier.net)
+        self._known: Dict[int, Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def _device(self) -> torch.device:
         return self.fc.weight.device
 
+    @contextlib.contextmanager
+    def knowing(self, data: FitData) -> Iterator[None]:
+        """Inside the block, ``forward(x, return_feature=True)`` on one of ``data``'s batches returns its
+        extracted outputs instead of running the classifier again."""
+        self._known = {id(x): (x, out) for (x, _), out in zip(data.batches, data.outputs)}
+        try:
+            yield
+        finally:
+            self._known = {}
+
     def forward(self, x: torch.Tensor, return_feature: bool = False, return_feature_list: bool = False):
+        known = self._known.get(id(x))
+        if return_feature and not return_feature_list and known is not None and known[0] is x:
+            return known[1]
         x = x.to(self._device())
         if return_feature_list:
             if not self.classifier.openood_style:
@@ -140,19 +189,34 @@ class OpenOODBaseline(Baseline):
             mod, cls = _OPENOOD_NET_WRAPPERS[name]
             self.net = getattr(require_openood(mod), cls)(self.net)
         self.net.eval()
-        super().__init__(name, "openood", needs_fit=hasattr(self.postprocessor, "setup_flag"))
+        super().__init__(name, "openood", hasattr(self.postprocessor, "setup_flag"), self._adapter.classifier)
 
-    def _fit(self, batches: List[Batch]) -> None:
-        pp, n = self.postprocessor, sum(len(x) for x, _ in batches)
-        _adapt_sizes(pp, "K", "dim", n_fit=n, fc=self._adapter.fc)
-        loader = [{"data": x, "label": y} for x, y in batches]
-        with cuda_calls_stay_put():
+    def _fit(self, data: FitData, progress: bool) -> None:
+        """OpenOOD's ``setup`` over the fit batches, fed the shared features (quiet without ``progress``)."""
+        pp = self.postprocessor
+        _adapt_sizes(pp, "K", "dim", n_fit=len(data), fc=self._adapter.fc)
+        loader = [{"data": x, "label": y} for x, y in data.batches]
+        with cuda_calls_stay_put(), self._adapter.knowing(data), _quiet(pp, progress):
             pp.setup(self.net, {"train": loader, "val": loader}, {})
 
     def _score_batch(self, x: torch.Tensor) -> torch.Tensor:
         with cuda_calls_stay_put():
             _, conf = self.postprocessor.postprocess(self.net, x)
         return -torch.as_tensor(conf)
+
+
+@contextlib.contextmanager
+def _quiet(postprocessor: object, progress: bool) -> Iterator[None]:
+    """Without ``progress``: the ``tqdm`` bars of the module defining the postprocessor's ``setup`` disabled, and
+    its prints (``Extracting id training feature``) dropped."""
+    if progress:
+        yield
+        return
+    module = sys.modules[type(postprocessor).setup.__module__]
+    bars = mock.patch.object(module, "tqdm", functools.partial(tqdm, disable=True)) if hasattr(module, "tqdm") \
+        else contextlib.nullcontext()
+    with bars, contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 def _adapt_sizes(obj: object, k_attr: str, dim_attr: str, n_fit: int, fc: nn.Linear) -> None:
@@ -211,17 +275,16 @@ class PytorchOODBaseline(Baseline):
     def __init__(self, name: str, classifier: nn.Module) -> None:
         if name not in PYTORCH_OOD_DEFAULTS:
             raise ValueError(f"pytorch-ood fallback has no baseline {name!r}; it has {sorted(PYTORCH_OOD_DEFAULTS)}")
-        self.classifier = as_classifier(classifier).eval()
-        self.detector = _pytorch_ood_detector(name, self.classifier)
-        super().__init__(name, "pytorch-ood", needs_fit=self.detector.requires_fit)
+        classifier = as_classifier(classifier).eval()
+        self.detector = _pytorch_ood_detector(name, classifier)
+        super().__init__(name, "pytorch-ood", self.detector.requires_fit, classifier)
 
-    def _fit(self, batches: List[Batch]) -> None:
-        fc = last_linear(self.classifier.net)
-        det, n = self.detector, sum(len(x) for x, _ in batches)
-        _adapt_sizes(det, "k", "d", n_fit=n, fc=fc)
-        device = fc.weight.device
+    def _fit(self, data: FitData, progress: bool) -> None:
+        """The detector fitted on the shared penultimate features (ReAct: its threshold from them)."""
+        z, y = data.features()
+        _adapt_sizes(self.detector, "k", "d", n_fit=len(z), fc=last_linear(self.classifier.net))
         with torch.no_grad():
-            det.fit([(x.to(device), y.to(device)) for x, y in batches])
+            (self.detector.fit_feature_maps if self.name == "react" else self.detector.fit_features)(z, y)
 
     @torch.no_grad()
     def _score_batch(self, x: torch.Tensor) -> torch.Tensor:
@@ -239,20 +302,25 @@ def available_baselines(backend: str = "auto") -> List[str]:
     return sorted(names)
 
 
-def check_baselines(names: Sequence[str], backend: str = "auto") -> None:
-    """Raise a ValueError naming the available baselines if any of ``names`` cannot be built with ``backend``."""
+def check_baselines(names: Sequence[str], backend: str = "auto", also: Sequence[str] = ()) -> None:
+    """Raise a ValueError naming the available methods (the baselines and ``also``, with the nearest one) if any of
+    ``names`` cannot be built with ``backend``."""
     for name in names:
-        _check_name(name, backend)
+        _check_name(name, backend, also)
 
 
-def _check_name(name: str, backend: str) -> None:
+def _check_name(name: str, backend: str, also: Sequence[str] = ()) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"unknown baseline backend {backend!r}; use one of {BACKENDS}")
-    if name in available_baselines(backend):
+    available = available_baselines(backend)
+    if name in available:
         return
+    known = sorted(set(available) | set(also))
+    near = difflib.get_close_matches(name, known, n=1)
     why = openood_postprocessors()[2]
     raise ValueError(
-        f"unknown baseline {name!r} for backend {backend!r}: available are {', '.join(available_baselines(backend))}"
+        f"unknown baseline {name!r}{f' (did you mean {near[0]!r}?)' if near else ''} for backend {backend!r}: "
+        f"available are {', '.join(known)}"
         + (f" (OpenOOD's postprocessors would add more, but {why})" if why and backend != "pytorch-ood" else ""))
 
 

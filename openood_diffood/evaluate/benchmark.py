@@ -21,6 +21,7 @@ from ..method.normalization import Normalization
 from ..runtime.cache import module_fingerprint
 from ..runtime.engine import DiffOOD
 from . import metrics, plots
+from .baselines import FitData
 from .runners import DIFFOOD, DiffOODMethod, SetStore, baseline_identity, build_runners, check_fit_data
 
 DEFAULT_METHODS = (DIFFOOD, "msp", "ebo", "mls", "react", "vim", "knn")
@@ -52,6 +53,10 @@ class ImageSet:
         idx = np.sort(rng.choice(len(self.images), limit, replace=False))
         return ImageSet(self.name, self.images[idx], None if self.labels is None else self.labels[idx], self.classes)
 
+    def unlabelled(self) -> "ImageSet":
+        """The set without labels and class names (as an OOD set: its classes are none of the ID classes)."""
+        return self if self.labels is None and self.classes is None else ImageSet(self.name, self.images)
+
     def grey_to_rgb(self) -> "ImageSet":
         """The set with a grey channel repeated three times (as OpenOOD's loaders turn MNIST into RGB)."""
         return ImageSet(self.name, np.repeat(self.images, 3, axis=-1), self.labels, self.classes)
@@ -61,7 +66,8 @@ class ImageSet:
 class Benchmark:
     """ID test set, OOD sets by split, the ID fit set (ViM / KNN / ReAct) and the normalization of the inputs.
 
-    ``csid`` are covariate-shifted ID sets, counted as ID in full-spectrum (``fsood``) evaluation.
+    ``csid`` are covariate-shifted ID sets, counted as ID in full-spectrum (``fsood``) evaluation. OOD sets carry
+    no labels: whatever their source has (CIFAR-100's 0-99, OpenOOD's -1) names none of the ID classes.
     """
 
     id_test: ImageSet
@@ -69,6 +75,9 @@ class Benchmark:
     normalization: Normalization
     fit: Optional[ImageSet] = None
     csid: List[ImageSet] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.ood = {split: [s.unlabelled() for s in sets] for split, sets in self.ood.items()}
 
     def all_sets(self) -> List[Tuple[str, ImageSet]]:
         """(role, set) for every set: id, csid, near, far, fit."""
@@ -102,9 +111,12 @@ class Benchmark:
             listing = ", ".join(f"{k} {h}x{w}x{c}" for k, (h, w, c) in shapes.items())
             raise ValueError(f"images of mixed sizes ({listing}): resize every set to the classifier's input size "
                              "(--image-size N)")
-        if self.normalization.channels != shapes[f"id:{self.id_test.name}"][-1]:
-            raise ValueError(f"mean/std have {self.normalization.channels} values but the images have "
-                             f"{shapes[f'id:{self.id_test.name}'][-1]} channels: give one per channel")
+        channels = shapes[f"id:{self.id_test.name}"][-1]
+        if self.normalization.channels != channels:
+            raise ValueError(f"the ID test set {self.id_test.name!r} has {channels} channel(s) but the normalization "
+                             f"{self.normalization.channels} value(s); give {channels}-value --mean/--std for a "
+                             f"classifier trained on such images, or the ID set with the channels the classifier "
+                             f"takes (grey images repeated to RGB)")
         for role, s in self.all_sets():
             if role in ("id", "csid", "fit"):
                 if s.labels is None:
@@ -180,6 +192,14 @@ def score_benchmark(net: nn.Module, bench: Benchmark, methods: Sequence[str], *,
     id_labels = np.concatenate([s.labels for s in id_sets])
     scores = RunScores({}, {}, predictions(net, id_images, bench, batch_size, device), id_labels, {}, {})
     fingerprint = module_fingerprint(net) if cache_dir else ""
+    shared: List[FitData] = []  # the fit set's features, extracted once for every method fitted on it
+
+    def fit_data() -> Optional[FitData]:
+        if bench.fit is None:
+            return None
+        if not shared:
+            shared.append(FitData.extract(net, _fit_batches(bench, batch_size), progress))
+        return shared[0]
 
     for name in methods:
         method, start = runners[name], time.perf_counter()
@@ -195,7 +215,7 @@ def score_benchmark(net: nn.Module, bench: Benchmark, methods: Sequence[str], *,
             if found is not None:
                 return found
             if not fitted:
-                method.fit(_fit_batches(bench, batch_size) if method.needs_fit else None)
+                method.fit(fit_data() if method.needs_fit else None, progress)
                 fitted = True
             bs = method.engine.micro_batch_size(bench.normalization.from_uint8(images[:1])) \
                 if isinstance(method, DiffOODMethod) else batch_size
@@ -215,9 +235,7 @@ def score_benchmark(net: nn.Module, bench: Benchmark, methods: Sequence[str], *,
     return scores
 
 
-def _fit_batches(bench: Benchmark, batch_size: int) -> Optional[List[Tuple[torch.Tensor, torch.Tensor]]]:
-    if bench.fit is None:
-        return None
+def _fit_batches(bench: Benchmark, batch_size: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     labels = torch.from_numpy(bench.fit.labels).long().split(batch_size)
     return list(zip(normalized_batches(bench.fit.images, bench.normalization, batch_size), labels))
 
@@ -244,9 +262,9 @@ def save_scores(out_dir: str, run_name: str, scores: RunScores) -> List[str]:
 
 @torch.no_grad()
 def reconstruction_figure(path: str, engine: DiffOOD, bench: Benchmark, per_set: int = 3) -> str:
-    """PNG grid of the first ID test images and the first images of each split's first OOD set, each with its
-    true class (ID) and the classifier's prediction, its DiffOOD score, and its reconstructions labelled with the
-    classifier's prediction on them."""
+    """PNG grid of the first ID test images and the first images of each split's first OOD set, each captioned
+    with its set, its true class (ID images) or ``OOD`` (OOD images: never an ID class) and the classifier's
+    prediction, with its DiffOOD score, and its reconstructions labelled with the classifier's prediction on them."""
     names = bench.id_test.classes or [str(c) for c in range(engine.classifier.num_classes)]
     picks = [(bench.id_test, "ID", per_set + 1)] + [(sets[0], split, per_set) for split, sets in bench.ood.items()
                                                     if sets]
@@ -256,7 +274,7 @@ def reconstruction_figure(path: str, engine: DiffOOD, bench: Benchmark, per_set:
     rec_logits, _ = engine.features(bench.normalization.normalize(recs.flatten(0, 1)))
     rec_pred = rec_logits.argmax(1).view(recs.shape[:2]).tolist()
     shown = [(s, role, i) for s, role, k in picks for i in range(min(k, len(s.images)))]
-    titles = [f"{s.name} ({role})\n{'OOD' if s.labels is None else 'true ' + names[int(s.labels[i])]}, pred "
+    titles = [f"{s.name} ({role})\n{'true ' + names[int(s.labels[i])] if role == 'ID' else 'OOD'}, pred "
               f"{names[int(p)]}" for (s, role, i), p in zip(shown, out.pred)]
     rec_titles = [[f"pred {names[p]}" for p in row] for row in rec_pred]
     how = (f"the first {per_set + 1} ID test images and the first {per_set} of each split's first OOD set, in set "

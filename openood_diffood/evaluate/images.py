@@ -123,7 +123,9 @@ def _folder_files(path: str) -> Tuple[List[str], Optional[np.ndarray], List[str]
     from torchvision.datasets import ImageFolder
     from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-    if not any(d.is_dir() and not d.name.startswith(".") for d in os.scandir(path)):
+    with os.scandir(path) as entries:  # closed even when any() stops at the first class folder
+        flat = not any(d.is_dir() and not d.name.startswith(".") for d in entries)
+    if flat:
         files = sorted(os.path.join(path, n) for n in os.listdir(path) if has_file_allowed_extension(n, IMG_EXTENSIONS))
         return _nonempty(files, path), None, []
     try:

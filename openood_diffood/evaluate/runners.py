@@ -34,7 +34,7 @@ class DiffOODMethod:
     def __init__(self, engine: DiffOOD) -> None:
         self.engine = engine
 
-    def fit(self, batches: object) -> "DiffOODMethod":
+    def fit(self, data: object, progress: bool = False) -> "DiffOODMethod":
         """Nothing to fit."""
         return self
 
@@ -63,7 +63,7 @@ def check_fit_data(runners: Mapping[str, Any], has_fit: bool) -> None:
     needy = [name for name, r in runners.items() if r.needs_fit]
     if needy and not has_fit:
         raise ConfigError(f"{', '.join(needy)} {'is' if len(needy) == 1 else 'are'} fitted on ID training images: "
-                          "give --fit-data train.npz (or an OpenOOD --data-root with its train list), or leave "
+                          "give --fit-data train.npz, or leave "
                           f"{', '.join(needy)} out of --postprocessor")
 
 

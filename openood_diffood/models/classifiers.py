@@ -27,6 +27,12 @@ def build_classifier(arch: str, num_classes: int) -> nn.Module:
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
 
 
+def training_statistics(arch: str) -> Optional[str]:
+    """The dataset whose mean/std the architecture's published weights were trained with, where the source fixes
+    them rather than the ID data: akamaster's CIFAR ResNets (``cifar_resnet*``) use ImageNet's. None otherwise."""
+    return "imagenet" if re.fullmatch(r"cifar_resnet\d+", arch) else None
+
+
 def head_key(arch: str) -> str:
     """The state-dict key of the architecture's last linear layer's weight."""
     probe = build_classifier(arch, 1)

@@ -21,7 +21,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                                      f"OpenOOD image list (list.txt[::image_root]) or {DEMO_DATA}")
     parser.add_argument("-o", "--output", required=True, help="directory to write the diffusers model to")
     parser.add_argument("--image-size", type=positive_int, default=None,
-                        help="resize images to this size on loading (None: keep their size)")
+                        help="resize images to this size on loading (default: keep their size)")
     model = parser.add_argument_group("model")
     model.add_argument("--block-out-channels", type=int, nargs="+", default=[128, 256, 256, 256],
                        help="UNet channels per resolution level (the DDPM CIFAR-10 UNet's)")
@@ -36,7 +36,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     diffusion.add_argument("--beta-start", type=float, default=1e-4, help="first beta of the linear schedule")
     diffusion.add_argument("--beta-end", type=float, default=0.02, help="last beta of the linear schedule")
     diffusion.add_argument("--max-timestep", type=positive_int, default=None,
-                           help="train on timesteps 0 .. max-1 only (None: all); enough for DiffOOD's t, which must "
+                           help="train on timesteps 0 .. max-1 only (default: all of them); enough for DiffOOD's t, which must "
                                 "then stay below it")
     diffusion.add_argument("--p-uncond", type=float, default=0.1,
                            help="probability that a label is replaced by the null class (classifier-free guidance)")
@@ -58,7 +58,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                        help="autocast dtype (auto: bf16 on a GPU that has it, else fp32)")
     run = parser.add_argument_group("checkpoints")
     run.add_argument("--checkpoint-every", type=positive_int, default=5000, help="steps between checkpoints")
-    run.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (None: <output>/checkpoints)")
+    run.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default: <output>/checkpoints)")
     run.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints to keep (0: all)")
     run.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     run.add_argument("--stop-after", type=positive_int, default=None,
