@@ -14,7 +14,7 @@ from .train.trainer import train_main
 
 
 #: How long ``demo`` takes, as the README's "What `make demo` prints" says.
-DEMO_TIME = "CPU, about 35 s on 2 cores"
+DEMO_TIME = "CPU, about 2 min on 2 cores"
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
