@@ -13,7 +13,7 @@ import os
 import shlex
 import sys
 import warnings
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -183,7 +183,7 @@ def run_evaluation(args: argparse.Namespace, methods: List[str], bench: Benchmar
     if engine is not None and settings.combine is not None and bench.fit is None:
         raise ConfigError(f"combine: energy calibrates on ID images: give --fit-data (ID training images; up to "
                           f"{CALIBRATION_IMAGES} are used) or leave --combine out")
-    results: dict = {}
+    results: Dict[str, List[metrics.MethodResult]] = {}
     meta = {**meta, "settings": settings.as_dict(), "device": str(device), "cache_dir": cache,
             "set_sizes": {f"{role}:{s.name}": len(s.images) for role, s in bench.all_sets()}}
 
