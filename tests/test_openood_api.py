@@ -250,3 +250,45 @@ def test_leaderboard_writes_provenance_next_to_the_csv(tmp_path):
     args.postprocessor = "msp"
     _write(runs, {"s0": None, "s1": None}, str(tmp_path), args, spread=True)
     assert not (tmp_path / "ood" / "msp.json").exists()  # nothing to record for a postprocessor without a model
+
+
+def _site_packages(venv: Path) -> Path:
+    return next((venv / "lib").glob("python*/site-packages"))
+
+
+def test_make_puts_the_start_up_hook_next_to_an_editable_install(tmp_path):
+    """The Makefile's own recipe (`make startup-hook`) on a fresh venv holding an editable install of this package:
+    `python -m openood.main --help` then works without PYTHONPATH (the .pth files run in name order, setuptools'
+    __editable__ one first)."""
+    from openood_diffood.openood.compat import openood_checkout
+
+    venv = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    here = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "torch").is_dir())
+    (_site_packages(venv) / "zz_test_dependencies.pth").write_text(f"{here}\n{openood_checkout()}\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    python = str(venv / "bin" / "python")
+    res = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(REPO)],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    before = subprocess.run([python, "-m", "openood.main", "--help"], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=300)
+    assert before.returncode != 0 and "No module named openood.main" in before.stderr  # editable: no hook
+    res = subprocess.run(["make", "-C", str(REPO), "startup-hook", f"VENV={venv}"], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in _site_packages(venv).glob("*.pth"))[-2:] == ["openood_diffood.pth",
+                                                                               "zz_test_dependencies.pth"]
+    after = subprocess.run([python, "-m", "openood.main", "--help"], capture_output=True, text=True, env=env,
+                           cwd=tmp_path, timeout=300)
+    assert after.returncode == 0, after.stderr[-2000:]
+    assert "main.py mode" in after.stdout and "eval_ood.py mode" in after.stdout
+
+
+def test_the_venv_running_the_tests_has_openood_main():
+    """`make test` runs the tests in a venv that has the start-up hook: `python -m openood.main` with no
+    PYTHONPATH (a venv built by the Makefile before the hook step gets it on the next `make test`)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([sys.executable, "-m", "openood.main", "--help"], capture_output=True, text=True, env=env,
+                         cwd=Path(sys.prefix), timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
