@@ -13,11 +13,20 @@ OPENOOD_STAMP := $(VENV)/.openood-$(OPENOOD_COMMIT)
 OPENOOD_DEPS := scikit-learn scipy pandas tqdm pyyaml faiss-cpu gdown opencv-python-headless imgaug diffdist \
 	statsmodels timm foolbox json5
 
+# The package is installed editable, which leaves out its start-up hook (openood_diffood.pth: registers diffood with
+# OpenOOD and provides `python -m openood.main`): HOOK copies it next to the editable install. Python reads .pth
+# files in name order, so setuptools' __editable__.*.pth (which makes the package importable) comes first.
+HOOK := $(VENV)/.startup-hook
+
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(STAMP)
+
+$(HOOK): $(STAMP) openood_diffood.pth
+	$(MAKE) startup-hook
+	touch $(HOOK)
 
 $(OPENOOD_STAMP): $(STAMP)
 	rm -rf $(OPENOOD_DIR) && mkdir -p $(OPENOOD_DIR)
@@ -29,12 +38,15 @@ $(OPENOOD_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q $(OPENOOD_DEPS)
 	touch $(OPENOOD_STAMP)
 
-.PHONY: install demo test
-install: $(STAMP)
+.PHONY: install startup-hook demo test
+install: $(HOOK)
 
-demo: $(STAMP)
+startup-hook:
+	cp openood_diffood.pth "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/"
+
+demo: $(HOOK)
 	$(BIN)/python -m openood_diffood demo
 
 # pytest exits 5 when it collects no test: for this project that is a failure, said plainly
-test: $(OPENOOD_STAMP)
+test: $(OPENOOD_STAMP) $(HOOK)
 	$(BIN)/python -m pytest -q tests || { rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests" >&2; exit $$rc; }

@@ -14,8 +14,11 @@ Tables report percentages, like OpenOOD's ``Evaluator.eval_ood``.
 from __future__ import annotations
 
 import csv
+import io
+import itertools
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -165,15 +168,34 @@ def write_results(out_dir: str, results: Mapping[str, Sequence[MethodResult]],
     return [csv_path, json_path]
 
 
-def write_openood_csv(path: str, runs: Sequence[MethodResult]) -> str:
-    """OpenOOD's ``scripts/eval_ood.py --save-csv`` file for one method: cells ``mean \u00b1 std`` over runs."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+def write_openood_csv(path: str, runs: Sequence[MethodResult], spread: bool = True) -> str:
+    """OpenOOD's ``--save-csv`` file for one method, byte for byte as ``scripts/eval_ood.py`` writes it: cells
+    ``mean \u00b1 std`` over the runs (``spread=False``: the mean alone, as ``eval_ood_imagenet.py``). The one
+    writer of that file (``eval`` and ``python -m openood.main`` both use it); see :func:`write_keeping_previous`."""
     agg = aggregate(runs)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["", *COLUMNS])
-        for row, cell in agg.items():
-            w.writerow([row, *(f"{cell[k]['mean']:.2f} \u00b1 {cell[k]['std']:.2f}" for k in COLUMNS)])
+    text = io.StringIO()
+    w = csv.writer(text, lineterminator="\n")
+    w.writerow(["", *COLUMNS])
+    for row, cell in agg.items():
+        w.writerow([row, *(f"{cell[k]['mean']:.2f}" + (f" \u00b1 {cell[k]['std']:.2f}" if spread else "")
+                           for k in COLUMNS)])
+    return write_keeping_previous(path, text.getvalue())
+
+
+def write_keeping_previous(path: str, text: str) -> str:
+    """Write ``text`` to ``path``; a different file already there is first renamed to ``<path>.<n>`` (the first
+    free n), and one warning line says so, so no result is ever silently destroyed."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    data = text.encode("utf-8")
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            if f.read() == data:
+                return path
+        backup = next(f"{path}.{n}" for n in itertools.count(1) if not os.path.exists(f"{path}.{n}"))
+        os.replace(path, backup)
+        print(f"warning: {path} held another result: kept as {backup}", file=sys.stderr, flush=True)
+    with open(path, "wb") as f:
+        f.write(data)
     return path
 
 

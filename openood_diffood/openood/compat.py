@@ -5,6 +5,7 @@ Light to import (the start-up hook uses it): torch is imported only by :func:`cu
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import os
@@ -12,7 +13,7 @@ import pickle
 import sys
 import types
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 INSTALL_HINT = (
     "OpenOOD v1.5 is not on PyPI; install it from its git repository: "
@@ -28,9 +29,19 @@ BENCHMARKS: Dict[str, Tuple[int, Tuple[str, ...], Tuple[str, ...], Tuple[str, ..
     "imagenet": (1000, ("ssb_hard", "ninco"), ("inaturalist", "textures", "openimage_o"),
                  ("imagenet_v2", "imagenet_c", "imagenet_r", "imagenet_es")),
 }
-#: The classifier OpenOOD's eval scripts build for each benchmark (torchvision names for the ImageNet ones here).
-DEFAULT_ARCH = {"cifar10": "resnet18_32x32", "cifar100": "resnet18_32x32", "imagenet200": "resnet18",
-                "imagenet": "resnet50"}
+#: The classifier OpenOOD's eval scripts build for each benchmark (``openood.networks`` class names; the classes
+#: come from :data:`BENCHMARKS`). The one table of benchmark networks: :data:`DEFAULT_ARCH` derives from it.
+NETWORKS = {"cifar10": "ResNet18_32x32", "cifar100": "ResNet18_32x32", "imagenet200": "ResNet18_224x224",
+            "imagenet": "ResNet50"}
+#: This package's ``--arch`` name of each OpenOOD network: the same modules and state-dict keys
+#: (OpenOOD's ResNet18_224x224 and ResNet50 are torchvision's ResNets with another ``forward``).
+_PACKAGE_ARCH = {"ResNet18_32x32": "resnet18_32x32", "ResNet18_224x224": "resnet18", "ResNet50": "resnet50"}
+#: The ``--arch`` of each benchmark's network for this package's ``eval``.
+DEFAULT_ARCH = {name: _PACKAGE_ARCH[network] for name, network in NETWORKS.items()}
+
+#: The OpenOOD modules :func:`.registry.patch_module` patches as they load, in import order.
+PATCHED_MODULES = ("openood.postprocessors.utils", "openood.postprocessors", "openood.evaluation_api.postprocessor",
+                   "openood.evaluation_api.evaluator")
 
 
 class _LibmrMissing(types.ModuleType):
@@ -84,26 +95,52 @@ def openood_checkout() -> Optional[Path]:
     return root if (root / "configs").is_dir() else None
 
 
+def _stay(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """``.cuda()`` without CUDA: the object itself."""
+    return self
+
+
+_announced = False  # the CPU note is said once per process
+
+
 @contextlib.contextmanager
 def cuda_calls_stay_put(announce: bool = False) -> Iterator[bool]:
     """Inside the block, without CUDA, ``Tensor.cuda()`` and ``Module.cuda()`` return their object unchanged, so
     OpenOOD's unconditional ``.cuda()`` calls run on the CPU. Yields whether the shim is active (with
-    ``announce``, it says so once on stderr)."""
+    ``announce``, it says so on stderr, once per process). Blocks nest."""
+    global _announced
     import torch
 
     if torch.cuda.is_available():
         yield False
         return
-    if announce:
+    if announce and not _announced:
+        _announced = True
         print("note: CUDA is not available: OpenOOD's .cuda() calls leave tensors and models on the CPU for this run",
               file=sys.stderr, flush=True)
+    if torch.Tensor.cuda is _stay:  # an outer block holds the shim
+        yield True
+        return
     tensor_cuda, module_cuda = torch.Tensor.cuda, torch.nn.Module.cuda
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    torch.nn.Module.cuda = lambda self, *args, **kwargs: self
+    torch.Tensor.cuda = torch.nn.Module.cuda = _stay
     try:
         yield True
     finally:
         torch.Tensor.cuda, torch.nn.Module.cuda = tensor_cuda, module_cuda
+
+
+def on_cpu_without_cuda(method: Callable) -> Callable:
+    """``method`` run inside :func:`cuda_calls_stay_put` (announced), for OpenOOD's ``Evaluator``."""
+    if getattr(method, "__wrapped_for_cpu__", False):
+        return method
+
+    @functools.wraps(method)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with cuda_calls_stay_put(announce=True):
+            return method(*args, **kwargs)
+
+    run.__wrapped_for_cpu__ = True  # type: ignore[attr-defined]
+    return run
 
 
 def environment_flag(name: str, default: bool = True) -> bool:

@@ -4,8 +4,8 @@ It imports nothing heavy: it watches for OpenOOD's modules and acts right when t
 ``scripts/eval_ood.py --postprocessor diffood``, ``main.py`` and the ``Evaluator`` work unmodified:
 
 * ``openood``: first the shims its import needs on current stacks (:func:`.compat.install_import_shims`);
-* OpenOOD's postprocessor lookups: patched so that ``diffood`` / ``diffood_imagenet`` resolve
-  (:func:`.registry.patch_module`);
+* OpenOOD's postprocessor lookups: patched so that ``diffood`` / ``diffood_imagenet`` resolve, and its
+  ``Evaluator``: run on the CPU where there is no CUDA (:func:`.registry.patch_module`);
 * ``openood.main``: where OpenOOD has none, this package's (:mod:`.main`), so ``python -m openood.main`` runs.
 
 Set ``OPENOOD_DIFFOOD_AUTOREGISTER=0`` to switch all of it off.
@@ -15,11 +15,9 @@ import importlib.util
 import os
 import sys
 
-from .compat import environment_flag, install_import_shims
+from .compat import PATCHED_MODULES, environment_flag, install_import_shims
 
 SWITCH = "OPENOOD_DIFFOOD_AUTOREGISTER"
-WATCHED = frozenset({"openood.postprocessors", "openood.postprocessors.utils",
-                     "openood.evaluation_api.postprocessor"})
 MAIN = "openood.main"
 
 
@@ -46,7 +44,7 @@ class OpenOODFinder(importlib.abc.MetaPathFinder):
         if fullname == "openood":
             install_import_shims()
             return None
-        if fullname not in WATCHED and fullname != MAIN:
+        if fullname not in PATCHED_MODULES and fullname != MAIN:
             return None
         spec = self._others(fullname, path, target)
         if fullname == MAIN:

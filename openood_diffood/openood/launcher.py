@@ -12,18 +12,20 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
+import yaml
+
 from ..config import ConfigError
 from . import leaderboard
 from .compat import cuda_calls_stay_put, openood_checkout, require_openood
-from .registry import NAMES, config_path, register
+from .registry import NAMES, config_file, postprocessor_config, register
 
 DESCRIPTION = """OpenOOD's main.py and scripts/eval_ood.py as one command, on GPU or CPU.
 
 main.py mode (OpenOOD's pipelines, e.g. test_ood):
   python -m openood.main --config A.yml B.yml ... [--postprocessor NAME] [--dotted.key value ...]
-  The configs merge exactly as in main.py; --postprocessor NAME adds that postprocessor's config (the packaged one
-  for diffood / diffood_imagenet, <config-root>/postprocessors/NAME.yml otherwise). Dotted overrides follow
-  main.py's rules (typed like the value they replace, or value:type).
+  The configs merge exactly as in main.py; --postprocessor NAME adds that postprocessor's config
+  (<config-root>/postprocessors/NAME.yml; for diffood / diffood_imagenet the packaged one where that is missing).
+  Dotted overrides follow main.py's rules (typed like the value they replace, or value:type).
 
 eval_ood.py mode (OpenOOD v1.5's leaderboard numbers):
   python -m openood.main --root RUNS --id-data cifar10 --postprocessor NAME [--save-csv --save-score --fsood]
@@ -74,19 +76,9 @@ def override_pairs(extra: Sequence[str], parser: argparse.ArgumentParser) -> Lis
     return pairs
 
 
-def postprocessor_config(name: str, config_root: str) -> str:
-    """The config file --postprocessor adds in main.py mode."""
-    if name in NAMES:
-        return config_path(name)
-    path = os.path.join(config_root, "postprocessors", f"{name}.yml")
-    if not os.path.isfile(path):
-        raise ConfigError(f"no config for --postprocessor {name!r} at {path}; pass --config-root <OpenOOD>/configs")
-    return path
-
-
 def run_pipeline(args: argparse.Namespace, dotted: List[str]) -> None:
     """main.py mode: OpenOOD's own setup_config, get_pipeline and launch."""
-    configs = list(args.config) + ([postprocessor_config(args.postprocessor, args.config_root)]
+    configs = list(args.config) + ([config_file(args.postprocessor, args.config_root)]
                                    if args.postprocessor else [])
     missing = [c for c in configs if not os.path.isfile(c)]
     if missing:
@@ -119,8 +111,13 @@ def run_pipeline(args: argparse.Namespace, dotted: List[str]) -> None:
 
 
 def _run_pipeline(config) -> None:
-    """main.py's ``main``: build the config's pipeline and run it."""
+    """main.py's ``main``: build the config's pipeline and run it; then save OpenOOD's ``config.yml`` again (as
+    OpenOOD does) when the postprocessor recorded what it loaded (DiffOOD: ``postprocessor.provenance``)."""
     require_openood("openood.pipelines").get_pipeline(config).run()
+    saved = os.path.join(config.output_dir or "", "config.yml")
+    if config.save_output and "provenance" in config.postprocessor and os.path.isfile(saved):
+        with open(saved, "w") as f:
+            yaml.dump(config, f, default_flow_style=False, sort_keys=False, indent=2)
 
 
 def run_leaderboard(args: argparse.Namespace, dotted: List[str]) -> None:
@@ -132,8 +129,8 @@ def run_leaderboard(args: argparse.Namespace, dotted: List[str]) -> None:
     if args.ckpt_path is not None:
         leaderboard.check_imagenet_checkpoint(args.arch, args.ckpt_path)
     leaderboard.check_postprocessor(args.postprocessor, args.config_root)
-    leaderboard.postprocessor_config(args.postprocessor, args.config_root, args.id_data, overrides)
-    leaderboard.check_data_root(args.data_root, args.id_data)
+    postprocessor_config(args.postprocessor, args.config_root, args.id_data, overrides)
+    leaderboard.check_data_root(args.data_root, args.id_data, args.fsood)
     if args.ckpt_path is None:
         leaderboard.run_folders(args.root)
     with cuda_calls_stay_put(announce=True):

@@ -5,28 +5,27 @@ For every ``RUNS/s*/best.ckpt``: reuse ``s*/postprocessors/<name>.pkl`` when it 
 the scripts do, run OpenOOD's ``Evaluator`` (its APS when the config asks for it), reuse ``s*/scores/<name>.pkl``,
 pickle the postprocessor after setup / APS, and write ``RUNS/ood/<name>.csv`` as mean +- std over the runs. Added:
 ``--data-root`` / ``--config-root``, dotted overrides of the postprocessor's config, checks that fail at once
-(nothing is downloaded), and the CPU path. Pickles are read with :func:`.compat.safe_pickle_load`.
+(nothing is downloaded), the CPU path, a result file that never silently replaces a different one
+(:func:`~openood_diffood.evaluate.metrics.write_keeping_previous`), and for DiffOOD ``<name>.json`` next to the CSV:
+the diffusion model each run used and its fingerprint. Pickles are read with :func:`.compat.safe_pickle_load`.
 """
 from __future__ import annotations
 
 import argparse
 import collections.abc
 import glob
+import json
 import os
 import pickle
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import yaml
 
-from ..config import ConfigError, check_keys
-from .compat import require_openood, safe_pickle_load
-from .registry import NAMES, config_path
-
-#: The classifier of each benchmark (scripts/eval_ood.py's NUM_CLASSES and MODEL).
-NETWORKS = {"cifar10": ("ResNet18_32x32", 10), "cifar100": ("ResNet18_32x32", 100),
-            "imagenet200": ("ResNet18_224x224", 200), "imagenet": ("ResNet50", 1000)}
+from ..config import ConfigError
+from ..evaluate.metrics import MethodResult, format_method_table, write_keeping_previous, write_openood_csv
+from .compat import BENCHMARKS, NETWORKS, require_openood, safe_pickle_load
+from .registry import NAMES, config_file, postprocessor_from_config
 #: Nets eval_ood.py wraps the backbone in, in its order of checks: (postprocessor names, or a word of --root,
 #: module, class, extra keyword arguments; "feature_size" takes the backbone's).
 _MLP = {"head": "mlp", "feat_dim": 128}
@@ -51,33 +50,42 @@ def check_postprocessor(name: str, config_root: str) -> None:
     known = require_openood("openood.evaluation_api.postprocessor").postprocessors
     if name not in known and name not in NAMES:
         raise ConfigError(f"unknown --postprocessor {name!r}; OpenOOD's are {', '.join(sorted(known))}")
-    if name not in NAMES and not os.path.isfile(os.path.join(config_root, "postprocessors", f"{name}.yml")):
-        raise ConfigError(f"no config for postprocessor {name!r} at {config_root}/postprocessors/{name}.yml; pass "
-                          "--config-root <OpenOOD checkout>/configs (OpenOOD would download it; this never does)")
+    config_file(name, config_root)
 
 
-def check_data_root(data_root: str, id_name: str) -> None:
-    """Every image list and image folder OpenOOD's Evaluator reads for ``id_name`` is under ``data_root``."""
+def evaluator_files(data_root: str, id_name: str, fsood: bool) -> List[str]:
+    """What OpenOOD's ``Evaluator`` opens under ``data_root`` before it scores anything, relative to it: every image
+    list it builds a loader for (ID train / val / test, the csid sets it names, OOD val, near and far; not the lists
+    DATA_INFO only mentions, such as cifar10's cinic10), the folder of each set ``data_setup`` checks (it downloads
+    a missing or empty one), and, with ``fsood``, the folders the csid lists' images live in (scored only then).
+    Folders end with ``/``."""
     datasets = require_openood("openood.evaluation_api.datasets")
-    lists: List[str] = []
+    info = datasets.DATA_INFO[id_name]
+    csid = [info["csid"][name] for name in info["csid"]["datasets"]]
+    sets = list(info["id"].values()) + csid
+    for split, entry in info["ood"].items():
+        sets += [entry] if split == "val" else [entry[name] for name in entry["datasets"]]
+    files = [s["imglist_path"] for s in sets]
+    for name in datasets.benchmarks_dict[id_name]:  # data_setup's download_dataset: the first folder naming it
+        files += [os.path.join(key, name) + "/" for key, names in datasets.dir_dict.items() if name in names][:1]
+    for entry in csid if fsood else []:
+        listed = os.path.join(data_root, entry["imglist_path"])
+        if os.path.isfile(listed):
+            with open(listed) as f:
+                tops = {line.split("/", 1)[0] for line in f if "/" in line.split(" ", 1)[0]}
+            files += sorted(os.path.join(entry["data_dir"], top) + "/" for top in tops)
+    return files
 
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if "imglist_path" in node:
-                lists.append(node["imglist_path"])
-            for value in node.values():
-                walk(value)
 
-    walk(datasets.DATA_INFO[id_name])
-    missing = [p for p in lists if not os.path.isfile(os.path.join(data_root, p))]
-    folders = [os.path.join(key, name) for name in datasets.benchmarks_dict[id_name]
-               for key, names in datasets.dir_dict.items() if name in names]
-    missing += [f + "/" for f in folders if not os.path.isdir(os.path.join(data_root, f))
-                or not os.listdir(os.path.join(data_root, f))]
+def check_data_root(data_root: str, id_name: str, fsood: bool = False) -> None:
+    """Everything :func:`evaluator_files` names is under ``data_root`` (a folder present and not empty)."""
+    missing = [f for f in dict.fromkeys(evaluator_files(data_root, id_name, fsood))
+               if not (os.path.isdir(os.path.join(data_root, f)) and os.listdir(os.path.join(data_root, f))
+                       if f.endswith("/") else os.path.isfile(os.path.join(data_root, f)))]
     if missing:
-        raise ConfigError(f"--data-root {data_root!r} lacks {len(missing)} of the {id_name} benchmark's image lists "
-                          f"and folders (e.g. {missing[0]}); pass OpenOOD's data folder (fetched by its "
-                          "scripts/download/download.py) as --data-root")
+        raise ConfigError(f"--data-root {data_root!r} lacks {len(missing)} of the image lists and folders OpenOOD's "
+                          f"Evaluator reads for {id_name}{' with --fsood' if fsood else ''} (e.g. {missing[0]}); "
+                          "pass OpenOOD's data folder (fetched by its scripts/download/download.py) as --data-root")
 
 
 def run_folders(root: str) -> List[str]:
@@ -94,8 +102,8 @@ def run_folders(root: str) -> List[str]:
 # ----------------------------------------------------------------------------------------------- pieces
 def build_network(id_name: str, postprocessor: str, root: str, wrapper: Optional[str] = None) -> torch.nn.Module:
     """The classifier eval_ood.py builds for this benchmark, postprocessor, run folder and ``--wrapper-net``."""
-    arch, classes = NETWORKS[id_name]
-    net = getattr(require_openood("openood.networks"), arch)(num_classes=classes)
+    classes = BENCHMARKS[id_name][0]
+    net = getattr(require_openood("openood.networks"), NETWORKS[id_name])(num_classes=classes)
     for names, word, module, cls, extra in WRAPPERS:
         if postprocessor in names or (word is not None and word in root):
             kwargs = {k: (net.feature_size if k == "feature_size" else v) for k, v in extra.items()}
@@ -104,45 +112,6 @@ def build_network(id_name: str, postprocessor: str, root: str, wrapper: Optional
     if wrapper == "ASCOODNet":
         net = require_openood("openood.networks.ascood_net").ASCOODNet(backbone=net)
     return net
-
-
-def postprocessor_config(name: str, config_root: str, id_name: str, overrides: Mapping[str, Any]) -> Any:
-    """The config OpenOOD's ``get_postprocessor`` reads (the packaged one for ours when config_root has none; never
-    a download), with the dataset name and the dotted overrides."""
-    config_module = require_openood("openood.utils.config")
-    path = os.path.join(config_root, "postprocessors", f"{name}.yml")
-    config = config_module.Config(path if os.path.isfile(path) or name not in NAMES else config_path(name))
-    config = config_module.merge_configs(config, config_module.Config(dataset={"name": id_name}))
-    for key, value in overrides.items():
-        _set_dotted(config, key, value)
-    return config
-
-
-def postprocessor_from_config(name: str, config_root: str, id_name: str, overrides: Mapping[str, Any]) -> Any:
-    """OpenOOD's ``get_postprocessor`` on :func:`postprocessor_config`."""
-    config = postprocessor_config(name, config_root, id_name, overrides)
-    postprocessors = require_openood("openood.evaluation_api.postprocessor").postprocessors
-    postprocessor = postprocessors[name](config)
-    postprocessor.APS_mode = config.postprocessor.APS_mode
-    postprocessor.hyperparam_search_done = False
-    return postprocessor
-
-
-def _set_dotted(config: dict, key: str, value: Any) -> None:
-    """``config[a][b][c] = value`` for ``key = "a.b.c"``; every part must already exist (strict, as main.py)."""
-    parts, node = key.split("."), config
-    for depth, part in enumerate(parts):
-        where = ".".join(parts[:depth]) or "config"
-        if not isinstance(node, dict):
-            raise ConfigError(f"--{key}: {where} is a value, not a section")
-        try:
-            check_keys({part: None}, node, where=where)
-        except ConfigError as exc:
-            raise ConfigError(f"--{key}: {exc}") from None
-        if depth == len(parts) - 1:
-            node[part] = value
-        else:
-            node = node[part]
 
 
 def parse_overrides(pairs: Sequence[str]) -> Dict[str, Any]:
@@ -165,8 +134,10 @@ def _merge(target: dict, update: Mapping) -> dict:
 
 # ----------------------------------------------------------------------------------------------- the run
 def evaluate_run(args: argparse.Namespace, folder: str, checkpoint: str, net: torch.nn.Module,
-                 overrides: Mapping[str, Any], preprocessor: Any = None, shuffle: bool = False) -> Any:
-    """One run folder: eval_ood.py's loop body. Returns OpenOOD's metrics DataFrame."""
+                 overrides: Mapping[str, Any], preprocessor: Any = None,
+                 shuffle: bool = False) -> Tuple[MethodResult, Optional[Dict[str, Any]]]:
+    """One run folder: eval_ood.py's loop body. Returns OpenOOD's metrics (percent) and, for DiffOOD, the
+    postprocessor's provenance (its diffusion model and that model's fingerprint)."""
     Evaluator = require_openood("openood.evaluation_api").Evaluator
     name = RENAMED.get(args.postprocessor, args.postprocessor)
     saved = os.path.join(folder, "postprocessors", f"{name}.pkl")
@@ -192,24 +163,19 @@ def evaluate_run(args: argparse.Namespace, folder: str, checkpoint: str, net: to
         os.makedirs(os.path.dirname(scores_file), exist_ok=True)
         with open(scores_file, "wb") as f:
             pickle.dump(evaluator.scores, f, pickle.HIGHEST_PROTOCOL)
-    return metrics
+    provenance = getattr(evaluator.postprocessor, "provenance", None)
+    return MethodResult(name, metrics.to_dict(orient="index")), provenance() if callable(provenance) else None
 
 
 def leaderboard(args: argparse.Namespace, overrides: Mapping[str, Any]) -> Optional[str]:
     """eval_ood.py over ``--root``'s runs; returns the CSV written (or None when printed)."""
-    import pandas as pd
-
-    all_metrics, metrics = [], None
+    runs, provenance = [], {}
     for folder in run_folders(args.root):
         net = build_network(args.id_data, args.postprocessor, args.root, args.wrapper_net)
-        metrics = evaluate_run(args, folder, os.path.join(folder, "best.ckpt"), net, overrides)
-        all_metrics.append(metrics.to_numpy())
-    stacked = np.stack(all_metrics, axis=0)
-    mean, std = stacked.mean(axis=0), stacked.std(axis=0)
-    cells = [["{:.2f} \u00B1 {:.2f}".format(mean[i, j], std[i, j]) for j in range(mean.shape[1])]
-             for i in range(len(mean))]
-    frame = pd.DataFrame(cells, index=metrics.index, columns=metrics.columns)
-    return _write(frame, args.root, args, lambda f, path: f.to_csv(path))
+        result, provenance[os.path.basename(folder)] = evaluate_run(args, folder, os.path.join(folder, "best.ckpt"),
+                                                                    net, overrides)
+        runs.append(result)
+    return _write(runs, provenance, args.root, args, spread=True)
 
 
 def check_imagenet_checkpoint(arch: str, ckpt_path: str) -> None:
@@ -229,17 +195,21 @@ def imagenet(args: argparse.Namespace, overrides: Mapping[str, Any]) -> Optional
     preprocessor = trn.Compose([trn.Resize(256), trn.CenterCrop(224), trn.ToTensor(),
                                 trn.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
     root = os.path.dirname(os.path.abspath(args.ckpt_path))
-    metrics = evaluate_run(args, root, args.ckpt_path, net, overrides, preprocessor=preprocessor, shuffle=True)
-    return _write(metrics, root, args, lambda f, path: None if os.path.isfile(path)
-                  else f.to_csv(path, float_format="{:.2f}".format))
+    result, provenance = evaluate_run(args, root, args.ckpt_path, net, overrides, preprocessor=preprocessor,
+                                      shuffle=True)
+    return _write([result], {os.path.basename(args.ckpt_path): provenance}, root, args, spread=False)
 
 
-def _write(frame: Any, root: str, args: argparse.Namespace, save) -> Optional[str]:
+def _write(runs: Sequence[MethodResult], provenance: Mapping[str, Optional[Dict[str, Any]]], root: str,
+           args: argparse.Namespace, spread: bool) -> Optional[str]:
+    """Print the table, or write ``<root>/ood/<name>.csv`` (``fsood/`` with --fsood) and, for DiffOOD, the
+    provenance of each run next to it as ``<name>.json``."""
+    name = RENAMED.get(args.postprocessor, args.postprocessor)
     if not args.save_csv:
-        print(frame)
+        print(format_method_table(name, runs))
         return None
-    folder = os.path.join(root, "fsood" if args.fsood else "ood")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"{RENAMED.get(args.postprocessor, args.postprocessor)}.csv")
-    save(frame, path)
-    return path
+    path = os.path.join(root, "fsood" if args.fsood else "ood", f"{name}.csv")
+    if any(provenance.values()):
+        write_keeping_previous(os.path.splitext(path)[0] + ".json",
+                               json.dumps({"postprocessor": name, "runs": provenance}, indent=2) + "\n")
+    return write_openood_csv(path, runs, spread=spread)

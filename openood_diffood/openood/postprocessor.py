@@ -1,6 +1,7 @@
 """DiffOOD as an OpenOOD v1.5 postprocessor (``name: diffood`` in ``configs/postprocessors/diffood.yml``)."""
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -8,11 +9,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..config import ConfigError, DiffOODSettings, check_keys, plain, split_mapping
+from ..config import ENVIRONMENT, ConfigError, DiffOODSettings, check_keys, plain, split_mapping
 from ..method.calibration import Calibration
 from ..method.normalization import DATASET_STATS
 from ..runtime.distributed import init_from_env, local_device, rank_and_world, score_loader
 from ..runtime.engine import DiffOOD
+from ..version import __version__
 from .compat import require_openood
 
 BasePostprocessor = require_openood("openood.postprocessors.base_postprocessor").BasePostprocessor
@@ -22,6 +24,15 @@ SWEEP_KEYS = {"timestep_list": "timestep", "guidance_list": "guidance", "repeats
 #: What pickling keeps (``scripts/eval_ood.py`` pickles the postprocessor after APS): the config, the settings,
 #: the sweep, APS's state and the calibration; never the models or a data loader.
 PICKLED = ("config", "settings", "options", "args_dict", "APS_mode", "hyperparam_search_done", "_calibrated")
+
+
+def _resolved(diffusion: Any) -> Any:
+    """A diffusion model's name as loaded and recorded: a local directory made absolute, a hub id (or a loaded
+    backend) as it is."""
+    if not isinstance(diffusion, (str, os.PathLike)):
+        return diffusion
+    named = os.path.expanduser(os.fspath(diffusion))
+    return os.path.abspath(named) if os.path.isdir(named) else named
 
 
 class DiffOODPostprocessor(BasePostprocessor):
@@ -72,8 +83,21 @@ class DiffOODPostprocessor(BasePostprocessor):
                 "directory (unet/ + scheduler/) or hub id, or export DIFFOOD_DIFFUSION=<dir>")
         init_from_env()  # under torchrun: join the process group, one GPU per rank
         device = local_device() or next(net.parameters()).device
-        diffusion = self.engine.diffusion if self.engine is not None else None
+        diffusion = self.engine.diffusion if self.engine is not None else _resolved(self.options.diffusion)
         self.engine = DiffOOD(net, diffusion, self.settings, self.options.replace(device=str(device)))
+        if isinstance(self.config.postprocessor, dict):  # main.py mode saves the config with the results
+            self.config.postprocessor["provenance"] = self.provenance()
+
+    def provenance(self) -> Dict[str, Any]:
+        """What scored, for the results: the diffusion model as resolved (an absolute directory or a hub id), where it
+        was named, its content fingerprint (the score cache's), the package version and the settings (after APS)."""
+        if self.engine is None:
+            raise ConfigError("no model is loaded yet: call setup(net) first (OpenOOD's Evaluator does)")
+        variable = ENVIRONMENT["diffusion"]
+        return {"diffusion": _resolved(self.options.diffusion),
+                "diffusion_from": variable if os.environ.get(variable) else "postprocessor_args.diffusion",
+                "diffusion_fingerprint": self.engine.identity()["diffusion"], "version": __version__,
+                "settings": self.settings.as_dict()}
 
     def _engine_for(self, net: nn.Module) -> DiffOOD:
         """The engine for ``net`` under the current settings, calibrated when ``combine`` needs it."""

@@ -1,10 +1,13 @@
-"""Make ``diffood`` / ``diffood_imagenet`` resolvable by OpenOOD without editing OpenOOD.
+"""Make ``diffood`` / ``diffood_imagenet`` resolvable by OpenOOD without editing OpenOOD, and its ``Evaluator`` run
+on a machine without CUDA.
 
 OpenOOD looks postprocessors up in two places: ``openood.evaluation_api.postprocessor`` (the ``Evaluator``; a
 dict plus a config file under ``config_root``, downloaded when missing) and ``openood.postprocessors``'
 ``get_postprocessor(config)`` (``main.py`` pipelines; a dict local to the function). We add our class to the dict
 and wrap both ``get_postprocessor`` functions so that our names resolve, with our packaged configs used when
-``config_root`` has none (nothing is downloaded).
+``config_root`` has none (nothing is downloaded). :func:`postprocessor_from_config` is the one place a
+postprocessor is built from its config file. Without CUDA, the ``Evaluator``'s public methods run inside
+:func:`.compat.cuda_calls_stay_put`, so its ``.cuda()`` calls leave everything on the CPU (said once).
 """
 from __future__ import annotations
 
@@ -13,9 +16,10 @@ import os
 import sys
 from importlib import resources
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Optional
 
-from .compat import require_openood
+from ..config import ConfigError, check_keys
+from .compat import PATCHED_MODULES, on_cpu_without_cuda, require_openood
 
 #: The postprocessor names this package provides, each with its packaged config.
 NAMES = ("diffood", "diffood_imagenet")
@@ -50,6 +54,60 @@ def _wrap_pipeline_lookup(original: Callable) -> Callable:
     return get_postprocessor
 
 
+def config_file(name: str, config_root: Optional[str]) -> str:
+    """A postprocessor's config file: ``<config_root>/postprocessors/<name>.yml``, or for our names the packaged
+    one when config_root has none (raises ConfigError for another name without one: OpenOOD would download it)."""
+    path = os.path.join(config_root or "", "postprocessors", f"{name}.yml")
+    if os.path.isfile(path) or name not in NAMES:
+        if not os.path.isfile(path):
+            raise ConfigError(f"no config for postprocessor {name!r} at {path}; pass --config-root <OpenOOD "
+                              "checkout>/configs (OpenOOD would download it; this never does)")
+        return path
+    return config_path(name)
+
+
+def postprocessor_config(name: str, config_root: Optional[str], id_name: str,
+                         overrides: Optional[Mapping[str, Any]] = None) -> Any:
+    """The config OpenOOD's ``get_postprocessor`` reads (``<config_root>/postprocessors/<name>.yml``; for our names
+    the packaged one when config_root has none; never a download), with the dataset name and dotted overrides
+    (``{"postprocessor.postprocessor_args.repeats": 1}``; every key must exist)."""
+    config_module = require_openood("openood.utils.config")
+    config = config_module.Config(config_file(name, config_root))
+    config = config_module.merge_configs(config, config_module.Config(dataset={"name": id_name}))
+    for key, value in (overrides or {}).items():
+        _set_dotted(config, key, value)
+    return config
+
+
+def postprocessor_from_config(name: str, config_root: Optional[str], id_name: str,
+                              overrides: Optional[Mapping[str, Any]] = None) -> Any:
+    """OpenOOD's evaluation-API ``get_postprocessor`` on :func:`postprocessor_config`: the postprocessor with
+    ``APS_mode`` from its config and no search done yet."""
+    config = postprocessor_config(name, config_root, id_name, overrides)
+    postprocessor = _make(config) if name in NAMES else \
+        require_openood("openood.evaluation_api.postprocessor").postprocessors[name](config)
+    postprocessor.APS_mode = config.postprocessor.APS_mode
+    postprocessor.hyperparam_search_done = False
+    return postprocessor
+
+
+def _set_dotted(config: dict, key: str, value: Any) -> None:
+    """``config[a][b][c] = value`` for ``key = "a.b.c"``; every part must already exist (strict, as main.py)."""
+    parts, node = key.split("."), config
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth]) or "config"
+        if not isinstance(node, dict):
+            raise ConfigError(f"--{key}: {where} is a value, not a section")
+        try:
+            check_keys({part: None}, node, where=where)
+        except ConfigError as exc:
+            raise ConfigError(f"--{key}: {exc}") from None
+        if depth == len(parts) - 1:
+            node[part] = value
+        else:
+            node = node[part]
+
+
 def _wrap_evaluator_lookup(original: Callable) -> Callable:
     """``get_postprocessor(config_root, name, id_name)`` of the evaluation API, reading our packaged config."""
     if getattr(original, _MARK, False):
@@ -59,18 +117,17 @@ def _wrap_evaluator_lookup(original: Callable) -> Callable:
     def get_postprocessor(config_root: str, postprocessor_name: str, id_data_name: str) -> Any:
         if postprocessor_name not in NAMES:
             return original(config_root, postprocessor_name, id_data_name)
-        from openood.utils.config import Config, merge_configs
-
-        path = os.path.join(config_root or "", "postprocessors", f"{postprocessor_name}.yml")
-        config = Config(path if os.path.isfile(path) else config_path(postprocessor_name))
-        config = merge_configs(config, Config(**{"dataset": {"name": id_data_name}}))
-        postprocessor = _make(config)
-        postprocessor.APS_mode = config.postprocessor.APS_mode
-        postprocessor.hyperparam_search_done = False
-        return postprocessor
+        return postprocessor_from_config(postprocessor_name, config_root, id_data_name)
 
     setattr(get_postprocessor, _MARK, True)
     return get_postprocessor
+
+
+def _evaluator_on_cpu(evaluator: type) -> None:
+    """Wrap the ``Evaluator``'s ``__init__`` and public methods with :func:`.compat.on_cpu_without_cuda`."""
+    for name, value in list(vars(evaluator).items()):
+        if callable(value) and (name == "__init__" or not name.startswith("_")):
+            setattr(evaluator, name, on_cpu_without_cuda(value))
 
 
 def patch_module(module: ModuleType) -> None:
@@ -83,15 +140,18 @@ def patch_module(module: ModuleType) -> None:
         for name in NAMES:
             module.postprocessors[name] = DiffOODPostprocessor
         module.get_postprocessor = _wrap_evaluator_lookup(module.get_postprocessor)
+    elif module.__name__ == "openood.evaluation_api.evaluator":
+        _evaluator_on_cpu(module.Evaluator)
 
 
 def register() -> None:
-    """Register ``diffood`` and ``diffood_imagenet`` with OpenOOD (idempotent; raises ImportError without OpenOOD).
+    """Register ``diffood`` and ``diffood_imagenet`` with OpenOOD (idempotent; raises ImportError without OpenOOD),
+    and let the ``Evaluator`` run without CUDA (see the module docstring).
 
     Also rebinds the name in OpenOOD modules that already imported ``get_postprocessor`` (the Evaluator and the
     pipelines), so calling this after ``import openood...`` works too.
     """
-    for name in ("openood.postprocessors.utils", "openood.postprocessors", "openood.evaluation_api.postprocessor"):
+    for name in PATCHED_MODULES:
         patch_module(require_openood(name))
     pipelines = sys.modules["openood.postprocessors"].get_postprocessor
     evaluator_lookup = sys.modules["openood.evaluation_api.postprocessor"].get_postprocessor
