@@ -155,9 +155,11 @@ class DictDataset(torch.utils.data.Dataset):
         return {"data": self.x[i], "label": int(self.y[i])}
 
 
-def write_openood_data_root(root: Path, n_per_list: int = 3) -> None:
-    """Every imglist OpenOOD's cifar10 benchmark reads, each with a few random 32x32 PNGs (OpenOOD's layout), and a
-    non-empty folder per dataset, so that OpenOOD's Evaluator downloads nothing."""
+def write_openood_data_root(root: Path, n_per_list: int = 3, id_data: str = "cifar10", images=None) -> None:
+    """Every imglist OpenOOD's ``id_data`` benchmark reads, each naming ``n_per_list`` 32x32 PNGs in OpenOOD's layout
+    (``<dataset>/<split>/...`` under the list's data_dir; ID and CSID lists labelled, OOD lists -1), and a non-empty
+    folder per dataset, so that OpenOOD's Evaluator downloads nothing. ``images(imglist_path, n)`` gives a list's
+    (uint8 n x 32 x 32 x 3 images, labels); default: random pixels, ID labels i % 10."""
     from PIL import Image
 
     from openood_diffood.openood.compat import require_openood
@@ -168,27 +170,33 @@ def write_openood_data_root(root: Path, n_per_list: int = 3) -> None:
     rng = np.random.default_rng(0)
     entries = []
 
-    def walk(node):
+    def walk(node, is_id):
         if isinstance(node, dict):
             if "imglist_path" in node:
-                entries.append(node)
+                entries.append((node, is_id))
             for v in node.values():
-                walk(v)
+                walk(v, is_id)
 
-    walk(DATA_INFO["cifar10"])
-    for name in benchmarks_dict["cifar10"]:
+    for part, node in DATA_INFO[id_data].items():
+        walk(node, part in ("id", "csid"))
+    for name in benchmarks_dict[id_data]:
         folder = next(k for k, v in dir_dict.items() if name in v)
         (root / folder / name).mkdir(parents=True, exist_ok=True)
         (root / folder / name / "present").touch()  # a non-empty folder: OpenOOD downloads nothing
-    for k, e in enumerate(entries):
+    for e, is_id in entries:
         lst = root / e["imglist_path"]
         lst.parent.mkdir(parents=True, exist_ok=True)
+        split, dataset = lst.stem.split("_", 1)
+        if images is None:
+            pixels, labels = rng.integers(0, 256, (n_per_list, 32, 32, 3), dtype=np.uint8), np.arange(n_per_list) % 10
+        else:
+            pixels, labels = images(e["imglist_path"], n_per_list)
         lines = []
-        for i in range(n_per_list):
-            rel = f"cifar10/list{k}_{i}.png"
-            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / e["data_dir"] / rel)
-            label = i % 10 if "cifar10" in lst.name and "cifar100" not in lst.name else -1
-            lines.append(f"{rel} {label}")
+        for i, (pixel, label) in enumerate(zip(pixels, labels)):
+            rel = f"{dataset}/{split}/{lst.parent.name}_{i:04d}.png"
+            (root / e["data_dir"] / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixel).save(root / e["data_dir"] / rel)
+            lines.append(f"{rel} {int(label) if is_id else -1}")
         lst.write_text("\n".join(lines) + "\n")
 
 
@@ -223,3 +231,26 @@ def tiny(tmp_path_factory):
         "far": save_npz(root / "far.npz", rgb_images(12, 2, shift=-90)),
         "fit": save_npz(root / "fit.npz", rgb_images(60, 3), np.arange(60) % 3),
     }
+
+
+def copy_openood_checkout(root: Path, postprocessor_args: dict, sweep: dict) -> Path:
+    """A copy of the pinned OpenOOD checkout's scripts/ and configs/ at ``root`` (scripts/eval_ood.py reads data/ and
+    configs/ next to itself) whose configs/postprocessors/diffood.yml has APS on over ``sweep`` and
+    ``postprocessor_args`` changed; returns ``root``."""
+    import shutil
+
+    import yaml
+
+    from openood_diffood.openood.compat import openood_checkout
+    from openood_diffood.openood.registry import config_path
+
+    checkout = openood_checkout()
+    assert checkout is not None, "OpenOOD must be installed from its checkout (make test does it)"
+    for folder in ("scripts", "configs"):
+        shutil.copytree(checkout / folder, root / folder)
+    cfg = yaml.safe_load(open(config_path("diffood")))
+    cfg["postprocessor"]["APS_mode"] = True
+    cfg["postprocessor"]["postprocessor_args"].update(postprocessor_args)
+    cfg["postprocessor"]["postprocessor_sweep"] = sweep
+    (root / "configs" / "postprocessors" / "diffood.yml").write_text(yaml.safe_dump(cfg))
+    return root

@@ -170,3 +170,36 @@ def test_bad_paths_are_errors_before_any_work(tmp_path, capsys, converted):
     (tmp_path / "text.ckpt").write_text("not a checkpoint")
     assert convert("--from", "ddim", tmp_path / "text.ckpt", tmp_path / "o") == 2
     assert "not a torch checkpoint" in capsys.readouterr().err
+
+
+def official_layout(dataset: str, num_classes: int) -> dict:
+    """The sections of the official config/ddim_<dataset>_cond.yml (CIFAR-10 and CIFAR-100 differ only in the
+    dataset's name and num_classes), with this test's small Model architecture."""
+    config = official_config(num_classes)
+    config["Dataset"] = {"name": dataset, "image_size": ARCH["image_size"], "num_classes": num_classes, "channels": 3,
+                         "rescaled": True, "random_flip": True}
+    config["Train"] = {"num_classes": num_classes, "cond_ratio": 0.9, "ema_rate": 0.9999, "ema": True}
+    return config
+
+
+@torch.no_grad()
+def test_official_cifar100_layout_converts_100_classes_and_the_null_class(tmp_path, capsys):
+    """config/ddim_cifar100_cond.yml's layout: label_emb of 101 rows, the null class 100; a CIFAR-10 config for
+    the CIFAR-100 checkpoint is one clear error."""
+    net, ckpt, _ = write_checkpoint(tmp_path, num_classes=100)
+    config = write_yaml(tmp_path / "ddim_cifar100_cond.yml", official_layout("CIFAR100", 100))
+    assert convert("--from", "ddim", ckpt, tmp_path / "out", "--config", config) == 0
+    unet = UNet2DModel.from_pretrained(tmp_path / "out" / "unet")
+    backend = load_diffusion(tmp_path / "out")
+    assert unet.config.num_class_embeds == 101 and (backend.num_classes, backend.null_class) == (100, 100)
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    steps, y = torch.tensor([0, 300, 600, 999]), torch.tensor([0, 57, 99, 100])
+    want = net(x, steps, y)
+    assert relative_error(want, unet(x, steps, class_labels=y).sample) < 1e-5
+    assert relative_error(want, backend.network(x, steps, y)) < 1e-5
+    assert "num_classes: 100" in (tmp_path / "out" / "README.md").read_text()
+    cifar10 = write_yaml(tmp_path / "ddim_cifar10_cond.yml", official_layout("CIFAR10", 10))
+    assert convert("--from", "ddim", ckpt, tmp_path / "wrong", "--config", cifar10) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "label_emb" in err and "(101, 128)" in err and "(11, 128)" in err
+    assert not (tmp_path / "wrong").exists()
