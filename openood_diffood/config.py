@@ -278,13 +278,12 @@ def split_mapping(mapping: Mapping[str, Any], settings: Optional[DiffOODSettings
                   options: Optional[RunOptions] = None) -> Tuple[DiffOODSettings, RunOptions]:
     """(settings, options) from one mapping of both kinds of keys (``postprocessor_args``), over the given bases.
 
-    Every key must be a field of one of the two; ``null`` values keep the base's value."""
-    mapping = {k: v for k, v in plain(mapping).items()}
+    Every key must be a field of one of the two; every value is set as given (None too, as ``replace`` does)."""
+    mapping = plain(mapping)
     check_keys(mapping, DiffOODSettings.field_names() + RunOptions.field_names())
     settings, options = settings or DiffOODSettings(), options or RunOptions()
-    given = {k: v for k, v in mapping.items() if v is not None}
-    return (settings.replace(**{k: v for k, v in given.items() if k in DiffOODSettings.field_names()}),
-            options.replace(**{k: v for k, v in given.items() if k in RunOptions.field_names()}))
+    return (settings.replace(**{k: v for k, v in mapping.items() if k in DiffOODSettings.field_names()}),
+            options.replace(**{k: v for k, v in mapping.items() if k in RunOptions.field_names()}))
 
 
 def load_yaml(path: Union[str, os.PathLike]) -> Dict[str, Any]:
@@ -356,8 +355,11 @@ def from_arguments(args: argparse.Namespace, settings: Optional[DiffOODSettings]
                    options: Optional[RunOptions] = None) -> Tuple[DiffOODSettings, RunOptions]:
     """(settings, options): the bases (default: the dataclasses' defaults), then ``--config``, then the flags."""
     settings, options = settings or DiffOODSettings(), options or RunOptions()
-    if getattr(args, "config", None):
-        settings, options = split_mapping(load_yaml(args.config), settings, options)
+    if getattr(args, "config", None):  # a null in the yml means "not set here": the base stays
+        yml = load_yaml(args.config)
+        check_keys(yml, DiffOODSettings.field_names() + RunOptions.field_names())
+        yml = {k: v for k, v in yml.items() if v is not None}
+        settings, options = split_mapping(yml, settings, options)
     def given(cls) -> Dict[str, Any]:
         values = {f.name: getattr(args, _dest(f), None) for f in dataclasses.fields(cls)}
         return {k: v for k, v in values.items() if v is not None}
