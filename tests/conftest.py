@@ -223,3 +223,14 @@ def tiny(tmp_path_factory):
         "far": save_npz(root / "far.npz", rgb_images(12, 2, shift=-90)),
         "fit": save_npz(root / "fit.npz", rgb_images(60, 3), np.arange(60) % 3),
     }
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a real GPU: they run where CUDA is available and skip, saying so, elsewhere."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (marked cuda): runs on a GPU machine, e.g. by "
+                                   "benchmarks/device_check.sh")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

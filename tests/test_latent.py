@@ -17,7 +17,7 @@ from openood_diffood.models.diffusion import PixelUNetBackend
 from openood_diffood.models.latent import DiTDenoiser, LatentBackend
 from openood_diffood.models.loading import is_latent_layout
 from openood_diffood.openood.imagenet import imagenet200_class_map
-from openood_diffood.runtime.memory import fit_batch_size, suggest_batch_size
+from openood_diffood.runtime.memory import fit_batch_size
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +276,3 @@ def test_fit_batch_size_extrapolates_the_measured_peaks():
     with pytest.raises(ValueError, match="does not hold one image"):
         fit_batch_size({1: 11 * gib, 4: 14 * gib}, 10 * gib)
 
-
-def test_suggest_batch_size_needs_cuda():
-    with pytest.raises(ValueError, match="measures CUDA memory"):
-        suggest_batch_size(lambda n: None, 2 ** 30, torch.device("cpu"))
