@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -134,6 +135,19 @@ def option(default: Any, parse: Callable[[Any], Any], help: str, flag: Optional[
                                             "dest": dest})
 
 
+def _strict_keywords(cls: type) -> type:
+    """Make the dataclass ``cls``'s constructor name the nearest field for an unknown keyword (a ConfigError, not
+    Python's bare TypeError)."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        check_keys(kwargs, cls.field_names())
+        init(self, *args, **kwargs)
+    cls.__init__ = __init__
+    return cls
+
+
 class _Strict:
     """Construction from mappings, ``replace`` and validation shared by the two config dataclasses."""
 
@@ -152,12 +166,10 @@ class _Strict:
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]):
         """Build from a mapping whose every key is a field (unknown keys are an error)."""
-        check_keys(mapping, cls.field_names())
         return cls(**dict(mapping))
 
     def replace(self, **changes: Any):
         """A copy with some fields changed (unknown names are an error; every value is checked again)."""
-        check_keys(changes, self.field_names())
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> Dict[str, Any]:
@@ -165,6 +177,7 @@ class _Strict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 
+@_strict_keywords
 @dataclass(frozen=True)
 class DiffOODSettings(_Strict):
     """Every setting that changes a DiffOOD score (defaults: the paper's CIFAR settings)."""
@@ -225,18 +238,13 @@ class DiffOODSettings(_Strict):
             return Normalization(self.mean, self.std)
         return Normalization(*DATASET_STATS[self.dataset])
 
-    @property
-    def layer_index(self) -> Optional[int]:
-        """k of ``space: layer<k>``, else None."""
-        match = LAYER_SPACE.match(self.space)
-        return int(match.group(1)) if match else None
-
     def identity(self) -> Dict[str, Any]:
         """What a score depends on: every field, with the normalization resolved to numbers."""
         norm = self.normalization
         return {**self.as_dict(), "mean": list(norm.mean), "std": list(norm.std)}
 
 
+@_strict_keywords
 @dataclass(frozen=True)
 class RunOptions(_Strict):
     """How DiffOOD runs; no option changes a score."""

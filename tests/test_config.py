@@ -168,3 +168,12 @@ def test_postprocessor_can_unset_the_class_map(tmp_path, tiny_net, tiny_diffusio
     expected = DiffOOD(tiny_net, tiny_diffusion_dir, pp.settings).score(images).score
     torch.testing.assert_close(unmapped, -expected, rtol=0, atol=0)
     assert not torch.equal(mapped, unmapped)
+
+
+def test_a_misspelt_keyword_names_the_nearest_field():
+    """DiffOODSettings(timestpe=100) was Python's bare TypeError (issue 19)."""
+    with pytest.raises(ConfigError, match="unknown config key 'timestpe' \\(did you mean 'timestep'\\?\\)"):
+        DiffOODSettings(timestpe=100)
+    with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
+        RunOptions(batchsize=8)
+    assert DiffOODSettings(timestep=100).timestep == 100

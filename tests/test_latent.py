@@ -276,3 +276,16 @@ def test_fit_batch_size_extrapolates_the_measured_peaks():
     with pytest.raises(ValueError, match="does not hold one image"):
         fit_batch_size({1: 11 * gib, 4: 14 * gib}, 10 * gib)
 
+
+
+def test_backends_and_the_execution_wrapper_are_denoisers(dit, tiny_diffusion_dir):
+    """The contract diffood() relies on (method/protocols.py), met by pixel, latent and wrapped models."""
+    from openood_diffood.method.protocols import Denoiser
+    from openood_diffood.runtime.execution import Execution
+
+    pixel = load_diffusion(tiny_diffusion_dir)
+    cpu = torch.device("cpu")
+    for model in (pixel, dit, Execution(pixel, cpu, "fp32"), Execution(dit, cpu, "auto")):
+        assert isinstance(model, Denoiser), type(model).__name__
+        assert isinstance(model.schedule, tuple) and isinstance(model.sample_size, int) and model.conditional
+    assert not isinstance(torch.nn.Linear(2, 2), Denoiser)

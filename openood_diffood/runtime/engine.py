@@ -109,6 +109,11 @@ class DiffOOD:
                               f"on timesteps below {d.max_timestep} only (its model card records max_timestep "
                               f"{d.max_timestep}); use timestep < {d.max_timestep}, or allow_untrained_timestep "
                               "(--allow-untrained-timestep) to run anyway")
+        if d.max_timestep is None and s.timestep and not getattr(d, "range_unknown_said", False):
+            d.range_unknown_said = True  # once per loaded model
+            warnings.warn(f"the diffusion model does not record the timesteps it was trained on (no max_timestep in "
+                          f"its model card): timestep {s.timestep} is used as given, and scores mean little if it "
+                          "lies beyond them; record it in README.md's metadata (diffood: {max_timestep: N})")
         if not d.conditional:
             if s.guidance != 1.0:
                 warnings.warn("the diffusion model is unconditional: guidance has no effect and every image is "
