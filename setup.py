@@ -33,6 +33,7 @@ setup(
         "torch>=2.1",
         "torchvision>=0.16",
         "diffusers>=0.30",
+        "huggingface_hub>=0.20",
         "safetensors>=0.4",
         "accelerate>=0.30",
         "pytorch-ood>=0.4",

@@ -188,7 +188,9 @@ class DiffOODSettings(_Strict):
                              "0 = the null class only")
     repeats: int = option(4, _int("repeats", 1), "R noise draws per image, averaged in the score")
     stride: int = option(20, _int("stride", 1), "solver stride in training timesteps (20: 15 steps from t = 300)")
-    space: str = option("logit", _space, "feature space compared: logit, feature (penultimate), layer<k>, image")
+    space: str = option("logit", _space, "feature space compared: logit, feature (penultimate), layer<k> (entry k "
+                                         "of OpenOOD's feature list on every net: 0 the stem, the last stage "
+                                         "pooled), image")
     threshold: Optional[float] = option(None, _optional(_float("threshold")),
                                         "ReAct-style clip of the penultimate feature (space feature only)")
     seed: int = option(0, _int("seed", 0), "global seed; each image's noise derives from it and the image itself")
