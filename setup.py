@@ -30,9 +30,10 @@ setup(
     packages=find_packages(include=["openood_diffood", "openood_diffood.*"]),
     package_data={"openood_diffood": ["configs/postprocessors/*.yml", "assets/**/*"]},
     install_requires=[
-        "torch>=2.1,<=2.14.1",
-        "torchvision>=0.16,<=0.29.1",
+        "torch>=2.1",
+        "torchvision>=0.16",
         "diffusers>=0.30",
+        "huggingface_hub>=0.20",
         "safetensors>=0.4",
         "accelerate>=0.30",
         "pytorch-ood>=0.4",

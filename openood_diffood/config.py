@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -134,6 +135,19 @@ def option(default: Any, parse: Callable[[Any], Any], help: str, flag: Optional[
                                             "dest": dest})
 
 
+def _strict_keywords(cls: type) -> type:
+    """Make the dataclass ``cls``'s constructor name the nearest field for an unknown keyword (a ConfigError, not
+    Python's bare TypeError)."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        check_keys(kwargs, cls.field_names())
+        init(self, *args, **kwargs)
+    cls.__init__ = __init__
+    return cls
+
+
 class _Strict:
     """Construction from mappings, ``replace`` and validation shared by the two config dataclasses."""
 
@@ -152,12 +166,10 @@ class _Strict:
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]):
         """Build from a mapping whose every key is a field (unknown keys are an error)."""
-        check_keys(mapping, cls.field_names())
         return cls(**dict(mapping))
 
     def replace(self, **changes: Any):
         """A copy with some fields changed (unknown names are an error; every value is checked again)."""
-        check_keys(changes, self.field_names())
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> Dict[str, Any]:
@@ -165,6 +177,7 @@ class _Strict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 
+@_strict_keywords
 @dataclass(frozen=True)
 class DiffOODSettings(_Strict):
     """Every setting that changes a DiffOOD score (defaults: the paper's CIFAR settings)."""
@@ -175,7 +188,9 @@ class DiffOODSettings(_Strict):
                              "0 = the null class only")
     repeats: int = option(4, _int("repeats", 1), "R noise draws per image, averaged in the score")
     stride: int = option(20, _int("stride", 1), "solver stride in training timesteps (20: 15 steps from t = 300)")
-    space: str = option("logit", _space, "feature space compared: logit, feature (penultimate), layer<k>, image")
+    space: str = option("logit", _space, "feature space compared: logit, feature (penultimate), layer<k> (entry k "
+                                         "of OpenOOD's feature list on every net: 0 the stem, the last stage "
+                                         "pooled), image")
     threshold: Optional[float] = option(None, _optional(_float("threshold")),
                                         "ReAct-style clip of the penultimate feature (space feature only)")
     seed: int = option(0, _int("seed", 0), "global seed; each image's noise derives from it and the image itself")
@@ -225,18 +240,13 @@ class DiffOODSettings(_Strict):
             return Normalization(self.mean, self.std)
         return Normalization(*DATASET_STATS[self.dataset])
 
-    @property
-    def layer_index(self) -> Optional[int]:
-        """k of ``space: layer<k>``, else None."""
-        match = LAYER_SPACE.match(self.space)
-        return int(match.group(1)) if match else None
-
     def identity(self) -> Dict[str, Any]:
         """What a score depends on: every field, with the normalization resolved to numbers."""
         norm = self.normalization
         return {**self.as_dict(), "mean": list(norm.mean), "std": list(norm.std)}
 
 
+@_strict_keywords
 @dataclass(frozen=True)
 class RunOptions(_Strict):
     """How DiffOOD runs; no option changes a score."""
@@ -278,13 +288,12 @@ def split_mapping(mapping: Mapping[str, Any], settings: Optional[DiffOODSettings
                   options: Optional[RunOptions] = None) -> Tuple[DiffOODSettings, RunOptions]:
     """(settings, options) from one mapping of both kinds of keys (``postprocessor_args``), over the given bases.
 
-    Every key must be a field of one of the two; ``null`` values keep the base's value."""
-    mapping = {k: v for k, v in plain(mapping).items()}
+    Every key must be a field of one of the two; every value is set as given (None too, as ``replace`` does)."""
+    mapping = plain(mapping)
     check_keys(mapping, DiffOODSettings.field_names() + RunOptions.field_names())
     settings, options = settings or DiffOODSettings(), options or RunOptions()
-    given = {k: v for k, v in mapping.items() if v is not None}
-    return (settings.replace(**{k: v for k, v in given.items() if k in DiffOODSettings.field_names()}),
-            options.replace(**{k: v for k, v in given.items() if k in RunOptions.field_names()}))
+    return (settings.replace(**{k: v for k, v in mapping.items() if k in DiffOODSettings.field_names()}),
+            options.replace(**{k: v for k, v in mapping.items() if k in RunOptions.field_names()}))
 
 
 def load_yaml(path: Union[str, os.PathLike]) -> Dict[str, Any]:
@@ -356,8 +365,11 @@ def from_arguments(args: argparse.Namespace, settings: Optional[DiffOODSettings]
                    options: Optional[RunOptions] = None) -> Tuple[DiffOODSettings, RunOptions]:
     """(settings, options): the bases (default: the dataclasses' defaults), then ``--config``, then the flags."""
     settings, options = settings or DiffOODSettings(), options or RunOptions()
-    if getattr(args, "config", None):
-        settings, options = split_mapping(load_yaml(args.config), settings, options)
+    if getattr(args, "config", None):  # a null in the yml means "not set here": the base stays
+        yml = load_yaml(args.config)
+        check_keys(yml, DiffOODSettings.field_names() + RunOptions.field_names())
+        yml = {k: v for k, v in yml.items() if v is not None}
+        settings, options = split_mapping(yml, settings, options)
     def given(cls) -> Dict[str, Any]:
         values = {f.name: getattr(args, _dest(f), None) for f in dataclasses.fields(cls)}
         return {k: v for k, v in values.items() if v is not None}

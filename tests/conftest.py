@@ -254,3 +254,14 @@ def copy_openood_checkout(root: Path, postprocessor_args: dict, sweep: dict) -> 
     cfg["postprocessor"]["postprocessor_sweep"] = sweep
     (root / "configs" / "postprocessors" / "diffood.yml").write_text(yaml.safe_dump(cfg))
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a real GPU: they run where CUDA is available and skip, saying so, elsewhere."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (marked cuda): runs on a GPU machine, e.g. by "
+                                   "benchmarks/device_check.sh")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

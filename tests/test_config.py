@@ -3,6 +3,7 @@ import argparse
 import dataclasses
 
 import pytest
+import torch
 
 from openood_diffood import DiffOOD, DiffOODSettings, RunOptions, cli
 from openood_diffood.config import ConfigError, add_arguments, from_arguments, split_mapping
@@ -117,3 +118,62 @@ def test_the_readme_config_reference_lists_every_key():
     listed = {k for row in table.splitlines()[2:] for k in re.findall(r"`(\w+)`", row.split("|")[1])}
     fields = set(DiffOODSettings.field_names() + RunOptions.field_names())
     assert listed == fields, (sorted(fields - listed), sorted(listed - fields))
+
+
+def test_replace_with_none_sets_none():
+    """replace(field=None) / split_mapping({field: None}) used to keep the old value silently (issue 20)."""
+    s = DiffOODSettings(space="feature", threshold=0.3, class_map=(2, 0, 1), combine="energy")
+    for name in ("threshold", "class_map", "combine"):
+        assert getattr(s.replace(**{name: None}), name) is None, name
+    settings, options = split_mapping({"threshold": None, "cache_dir": None}, s, RunOptions(cache_dir="c"))
+    assert settings.threshold is None and options.cache_dir is None
+    with pytest.raises(ConfigError, match="timestep must be an integer, got None"):
+        s.replace(timestep=None)
+
+
+def test_engine_replace_unsets_the_class_map(tiny_net, tiny_diffusion_dir, images):
+    """An engine view without class_map conditions on the predictions themselves, as a fresh engine does."""
+    kw = dict(timestep=100, stride=50, repeats=1)
+    mapped = DiffOOD(tiny_net, tiny_diffusion_dir, class_map=(2, 0, 1), **kw)
+    plain_engine = DiffOOD(tiny_net, tiny_diffusion_dir, **kw)
+    view = mapped.replace(class_map=None)
+    assert view.settings.class_map is None
+    torch.testing.assert_close(view.score(images).score, plain_engine.score(images).score, rtol=0, atol=0)
+    assert not torch.equal(mapped.score(images).score, plain_engine.score(images).score)
+
+
+def test_yaml_null_keeps_the_base_value(tmp_path):
+    """In a --config yml, ``null`` means "not set here": the base (the dataclass default or a flag) stays."""
+    yml = tmp_path / "c.yml"
+    yml.write_text("timestep: 200\ncache_dir: null\nthreshold: null\n")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    add_arguments(parser)
+    settings, options = from_arguments(parser.parse_args(["--config", str(yml)]),
+                                       DiffOODSettings(space="feature", threshold=0.3), RunOptions(cache_dir="c"))
+    assert (settings.timestep, settings.threshold, options.cache_dir) == (200, 0.3, "c")
+
+
+def test_postprocessor_can_unset_the_class_map(tmp_path, tiny_net, tiny_diffusion_dir, images):
+    """pp.settings without class_map used to leave the engine scoring with the old map."""
+    from test_openood import diffood_postprocessor
+
+    pp = diffood_postprocessor(tmp_path, tiny_diffusion_dir)
+    pp.settings = pp.settings.replace(timestep=100, stride=50, repeats=1, class_map=(2, 0, 1))
+    pp.setup(tiny_net)
+    mapped = pp.postprocess(tiny_net, images)[1]
+    pp.settings = pp.settings.replace(class_map=None)
+    unmapped = pp.postprocess(tiny_net, images)[1]
+    assert pp.engine.settings.class_map is None
+    expected = DiffOOD(tiny_net, tiny_diffusion_dir, pp.settings).score(images).score
+    torch.testing.assert_close(unmapped, -expected, rtol=0, atol=0)
+    assert not torch.equal(mapped, unmapped)
+
+
+def test_a_misspelt_keyword_names_the_nearest_field():
+    """DiffOODSettings(timestpe=100) was Python's bare TypeError (issue 19)."""
+    with pytest.raises(ConfigError, match="unknown config key 'timestpe' \\(did you mean 'timestep'\\?\\)"):
+        DiffOODSettings(timestpe=100)
+    with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
+        RunOptions(batchsize=8)
+    assert DiffOODSettings(timestep=100).timestep == 100

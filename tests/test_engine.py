@@ -121,7 +121,7 @@ def test_unconditional_model_works_and_guidance_is_said_to_do_nothing(tmp_path, 
     assert torch.equal(out.score, same.score)  # guidance really has no effect
 
 
-@pytest.mark.parametrize("space,dim", [("logit", 3), ("feature", 16), ("layer1", 8 * 8 * 8), ("layer2", 16 * 4 * 4),
+@pytest.mark.parametrize("space,dim", [("logit", 3), ("feature", 16), ("layer1", 8 * 8 * 8), ("layer2", 16),
                                        ("image", 3 * 8 * 8)])
 def test_feature_spaces(tiny_net, backend, images, space, dim):
     s = DiffOODSettings(space=space, timestep=100, stride=50, repeats=1)
@@ -215,3 +215,41 @@ def test_engines_share_a_backend_without_changing_it(tiny_net, backend, images):
     assert all(torch.equal(weights[k], v) for k, v in backend.state_dict().items())
     torch.testing.assert_close(plain.score(images).score, reference, rtol=0, atol=0)
     torch._dynamo.reset()
+
+
+def test_named_layers_mean_the_same_on_openood_and_torchvision_nets():
+    """layer4 was the pooled feature on OpenOOD nets and the unpooled 2048x7x7 map on torchvision ones (issue 20):
+    a torchvision ResNet and the same weights in OpenOOD's ResNet18_224x224 form give the same features."""
+    from torchvision.models.resnet import BasicBlock, ResNet, resnet18
+
+    class OpenOODStyle(ResNet):  # OpenOOD's ResNet18_224x224.forward (openood/networks/resnet18_224x224.py)
+        def __init__(self):
+            super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=10)
+
+        def forward(self, x, return_feature=False, return_feature_list=False):
+            feats = [self.maxpool(self.relu(self.bn1(self.conv1(x))))]
+            for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+                feats.append(stage(feats[-1]))
+            feats[-1] = self.avgpool(feats[-1])
+            logits = self.fc(feats[-1].flatten(1))
+            if return_feature:
+                return logits, feats[-1].flatten(1)
+            return (logits, feats) if return_feature_list else logits
+
+    torch.manual_seed(0)
+    tv = resnet18(num_classes=10).eval()
+    oo = OpenOODStyle().eval()
+    oo.load_state_dict(tv.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    a, b = Classifier(tv), Classifier(oo)
+    assert b.openood_style and not a.openood_style
+    with torch.no_grad():
+        for space in ("layer0", "layer1", "layer2", "layer3", "layer4", "feature", "logit"):
+            (la, fa), (lb, fb) = a.features(x, space), b.features(x, space)
+            assert fa.shape == fb.shape, space
+            torch.testing.assert_close(fa, fb, msg=space)
+            torch.testing.assert_close(la, lb)
+        assert a.features(x, "layer4")[1].shape == (2, 512)
+        torch.testing.assert_close(a.features(x, "layer4")[1], a.features(x, "feature")[1])
+    with pytest.raises(ValueError, match="has no child module 'layer5'"):
+        a.features(x, "layer5")

@@ -17,7 +17,7 @@ from openood_diffood.models.diffusion import PixelUNetBackend
 from openood_diffood.models.latent import DiTDenoiser, LatentBackend
 from openood_diffood.models.loading import is_latent_layout
 from openood_diffood.openood.imagenet import imagenet200_class_map
-from openood_diffood.runtime.memory import fit_batch_size, suggest_batch_size
+from openood_diffood.runtime.memory import fit_batch_size
 
 
 @pytest.fixture(scope="module")
@@ -277,6 +277,15 @@ def test_fit_batch_size_extrapolates_the_measured_peaks():
         fit_batch_size({1: 11 * gib, 4: 14 * gib}, 10 * gib)
 
 
-def test_suggest_batch_size_needs_cuda():
-    with pytest.raises(ValueError, match="measures CUDA memory"):
-        suggest_batch_size(lambda n: None, 2 ** 30, torch.device("cpu"))
+
+def test_backends_and_the_execution_wrapper_are_denoisers(dit, tiny_diffusion_dir):
+    """The contract diffood() relies on (method/protocols.py), met by pixel, latent and wrapped models."""
+    from openood_diffood.method.protocols import Denoiser
+    from openood_diffood.runtime.execution import Execution
+
+    pixel = load_diffusion(tiny_diffusion_dir)
+    cpu = torch.device("cpu")
+    for model in (pixel, dit, Execution(pixel, cpu, "fp32"), Execution(dit, cpu, "auto")):
+        assert isinstance(model, Denoiser), type(model).__name__
+        assert isinstance(model.schedule, tuple) and isinstance(model.sample_size, int) and model.conditional
+    assert not isinstance(torch.nn.Linear(2, 2), Denoiser)

@@ -2,9 +2,13 @@
 
 OpenOOD nets are read through their own ``return_feature`` / ``return_feature_list`` keywords. Any other
 ``nn.Module`` works through forward hooks: the penultimate feature is the input of its last ``nn.Linear``
-(torchvision ResNets, the akamaster CIFAR ResNets), and ``layer<k>`` is the output of its child module named
-``layer<k>``. With OpenOOD nets ``layer<k>`` is entry k of ``return_feature_list`` (0 = stem; the last entry is
-pooled by OpenOOD).
+(torchvision ResNets, the akamaster CIFAR ResNets).
+
+``layer<k>`` means one thing on every net: entry k of OpenOOD's feature list. On OpenOOD nets that is
+``return_feature_list``'s entry k; on any other net with stages named ``layer1``, ``layer2``, ... (torchvision and
+CIFAR ResNets) it is built the same way: ``layer0`` the input of the first stage (the stem's output), ``layer<k>``
+the output of stage ``layer<k>``, unpooled, except the last stage, which is global-average-pooled as OpenOOD pools
+it (on a ResNet ``layer4`` is then the unclipped penultimate feature, 512 or 2048 values, not a 2048x7x7 map).
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import re
 from typing import List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 _LAYER = re.compile(r"^layer(\d+)$")
@@ -81,24 +86,31 @@ class Classifier(nn.Module):
         return logits, captured[-1]
 
     def layer(self, x: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(logits, the output of layer k)."""
+        """(logits, entry k of the feature list): see the module docstring."""
         if self.openood_style:
             logits, feats = self.net(x, return_feature_list=True)
             if not 0 <= k < len(feats):
                 raise ValueError(f"space layer{k}: the net returns {len(feats)} feature maps "
                                  f"(layer0..layer{len(feats) - 1})")
             return logits, feats[k]
-        module = getattr(self.net, f"layer{k}", None)
-        if not isinstance(module, nn.Module):
-            names = [n for n, _ in self.net.named_children() if n.startswith("layer")]
-            raise ValueError(f"space layer{k}: {type(self.net).__name__} has no child module 'layer{k}' (has {names})")
+        stages = sorted(int(m.group(1)) for name, _ in self.net.named_children() if (m := _LAYER.match(name)))
+        if k not in stages and not (k == 0 and stages):
+            raise ValueError(f"space layer{k}: {type(self.net).__name__} has no child module 'layer{k}' (has "
+                             f"{['layer%d' % i for i in stages]}; layer0 is the input of the first)")
         captured: List[torch.Tensor] = []
-        handle = module.register_forward_hook(lambda m, inp, out: captured.append(out))
+        if k in stages:
+            handle = getattr(self.net, f"layer{k}").register_forward_hook(lambda m, inp, out: captured.append(out))
+        else:
+            handle = getattr(self.net, f"layer{stages[0]}").register_forward_pre_hook(
+                lambda m, inp: captured.append(inp[0]))
         try:
             logits = self(x)
         finally:
             handle.remove()
-        return logits, captured[-1]
+        out = captured[-1]
+        if k == stages[-1] and out.ndim == 4:  # the last stage pooled, as OpenOOD's nets return it
+            out = F.adaptive_avg_pool2d(out, 1)
+        return logits, out
 
 
 def as_classifier(net: nn.Module) -> Classifier:

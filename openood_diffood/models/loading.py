@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Optional, Set, Union
 
 import torch
 
+from .card_facts import ModelFacts, read_facts
 from .diffusion import DiffusionBackend, PixelUNetBackend
 from .latent import ClassTokenUNet, DiTDenoiser, LatentBackend, VQLatentBackend
 
@@ -27,7 +27,6 @@ LATENT_DENOISERS = ("transformer", "unet")
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
                 "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin")
 HUB_TIMEOUT_SECONDS = 10
-_CARD_MAX_TIMESTEP = re.compile(r"^\|\s*max_timestep\s*\|\s*`?(\d+)`?\s*\|", re.M)
 
 
 def looks_local(name: str) -> bool:
@@ -100,16 +99,6 @@ def is_latent_layout(path: Union[str, os.PathLike], **hub_kwargs) -> bool:
     return layout_of(components(os.fspath(path), **hub_kwargs)) != "pixel"
 
 
-def trained_max_timestep(path: str) -> Optional[int]:
-    """The ``max_timestep`` its model card (``README.md`` of ``python -m openood_diffood train``) records."""
-    card = os.path.join(path, "README.md")
-    if not os.path.isfile(card):
-        return None
-    with open(card, encoding="utf-8") as f:
-        match = _CARD_MAX_TIMESTEP.search(f.read())
-    return int(match.group(1)) if match else None
-
-
 def alphas_cumprod_from_scheduler(path: str, **hub_kwargs) -> torch.Tensor:
     """The cumulative alpha products of the model's own diffusers scheduler config."""
     from diffusers import DDPMScheduler
@@ -139,7 +128,8 @@ def load_diffusion(path: Union[str, os.PathLike], null_class: Optional[int] = No
                    torch_dtype: Optional[torch.dtype] = None, **hub_kwargs) -> DiffusionBackend:
     """Load a diffusion backend from a diffusers directory or hub id (see the module docstring).
 
-    ``null_class`` defaults to the model's extra class (the last class embedding; ``num_embeds_ada_norm`` for DiT).
+    ``null_class`` defaults to the one the model card records, else the model's extra class (the last class
+    embedding; ``num_embeds_ada_norm`` for DiT); ``max_timestep`` comes from the card (:mod:`.card_facts`).
     ``torch_dtype`` is the dtype of the weights (default fp32; the engine's autocast sets the compute precision).
     """
     path = os.path.expanduser(os.fspath(path))
@@ -153,7 +143,9 @@ def load_diffusion(path: Union[str, os.PathLike], null_class: Optional[int] = No
     layout = layout_of(parts)
     if local:
         check_model_dir(path, layout)
-    max_timestep = trained_max_timestep(path) if local else None
+    facts = read_facts(path) if local else ModelFacts()
+    max_timestep = facts.max_timestep
+    null_class = facts.null_class if null_class is None else null_class
     alphas_cumprod = alphas_cumprod_from_scheduler(path, **hub_kwargs)
     from diffusers import UNet2DModel
 

@@ -23,7 +23,7 @@ from ..models.loading import load_diffusion
 from ..version import __version__
 from .cache import FORMAT, ScoreCache, image_digests, module_fingerprint
 from .execution import Execution, resolve_precision
-from .memory import suggest_batch_size
+from .memory import DeviceMemory, device_memory, suggest_batch_size
 
 #: ``batch_size: auto`` on a CPU: images for this many network samples (repeats x guidance pair) per call and
 #: thread (0.3-14.5 M parameter UNets ran fastest at 32-64 samples per thread, 512 up to 1.8x slower).
@@ -73,6 +73,8 @@ class DiffOOD:
             diffusion = load_diffusion(diffusion)
         self.diffusion: DiffusionBackend = diffusion.to(self.device)
         self.classifier.to(self.device)
+        #: What ``batch_size: auto`` measures (None: the CPU rule); a test may put a stand-in here.
+        self.memory: Optional[DeviceMemory] = device_memory(self.device)
         self._fingerprints: Dict[str, str] = {}
         self.calibration: Optional[Calibration] = None
         self._configure(settings, options)
@@ -107,6 +109,11 @@ class DiffOOD:
                               f"on timesteps below {d.max_timestep} only (its model card records max_timestep "
                               f"{d.max_timestep}); use timestep < {d.max_timestep}, or allow_untrained_timestep "
                               "(--allow-untrained-timestep) to run anyway")
+        if d.max_timestep is None and s.timestep and not getattr(d, "range_unknown_said", False):
+            d.range_unknown_said = True  # once per loaded model
+            warnings.warn(f"the diffusion model does not record the timesteps it was trained on (no max_timestep in "
+                          f"its model card): timestep {s.timestep} is used as given, and scores mean little if it "
+                          "lies beyond them; record it in README.md's metadata (diffood: {max_timestep: N})")
         if not d.conditional:
             if s.guidance != 1.0:
                 warnings.warn("the diffusion model is unconditional: guidance has no effect and every image is "
@@ -285,7 +292,7 @@ class DiffOOD:
 
     def _auto_batch_size(self, x: torch.Tensor) -> int:
         pair = 2 if self.diffusion.conditional and self.settings.guidance not in (0.0, 1.0) else 1
-        if self.device.type != "cuda":
+        if self.memory is None:
             return max(1, AUTO_CPU_SAMPLES_PER_THREAD * torch.get_num_threads() // (self.settings.repeats * pair))
         probe = self.replace(batch_size=1, compile=False, cache_dir=None, timestep=self.settings.stride,
                              combine=None)
@@ -294,10 +301,7 @@ class DiffOOD:
         def run(n: int) -> None:
             probe.replace(batch_size=n)._score(probe.settings.normalization.normalize(torch.rand(n, *shape[1:])))
 
-        torch.cuda.empty_cache()
-        free, _ = torch.cuda.mem_get_info(self.device)
-        budget = torch.cuda.memory_allocated(self.device) + int(AUTO_MEMORY_FRACTION * free)
-        fit = suggest_batch_size(run, budget, self.device)
+        fit = suggest_batch_size(run, self.memory, AUTO_MEMORY_FRACTION)
         return min(AUTO_MAX_BATCH, 2 ** int(math.log2(fit)))
 
 

@@ -10,12 +10,15 @@ import torch
 from ..models.diffusion import DiffusionBackend
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: What ``precision: auto`` means per device type (any other type: fp32); a test may switch the CPU to bf16.
+AUTO_PRECISION = {"cuda": "bf16"}
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on CUDA, fp32 elsewhere; other values as they are."""
+    """``auto`` -> :data:`AUTO_PRECISION` of the device type (bf16 on CUDA), fp32 elsewhere; other values as
+    they are."""
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        return AUTO_PRECISION.get(device.type, "fp32")
     return precision
 
 

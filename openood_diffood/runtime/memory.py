@@ -4,12 +4,13 @@ Each image of a micro-batch becomes ``repeats`` noised copies and ``2 x repeats`
 plus ``repeats`` decoded reconstructions and their classifier pass, so the peak memory of a micro-batch grows
 linearly with its size on top of the models' weights. :func:`suggest_batch_size` measures the CUDA peak of a run
 at two probe sizes (the engine's own code on random images, so weights, VAE, classifier, precision and ``repeats``
-are all counted), fits ``peak(b) = base + b * per_image`` and returns the largest ``b`` that fits the budget.
+are all counted), fits ``peak(b) = base + b * per_image`` and returns the largest ``b`` that fits the budget. The
+measurements go through a :class:`DeviceMemory` (``torch.cuda`` on a GPU; a test passes a stand-in on the CPU).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Protocol, Sequence
 
 import torch
 
@@ -30,20 +31,44 @@ def fit_batch_size(peaks: Mapping[int, int], budget_bytes: int) -> int:
     return batch
 
 
-def peak_bytes(run: Callable[[int], None], batch_size: int, device: torch.device) -> int:
-    """Peak CUDA memory (bytes, weights included) of ``run(batch_size)``."""
-    torch.cuda.synchronize(device)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    run(batch_size)
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device)
+class DeviceMemory(Protocol):
+    """The memory queries of ``batch_size: auto``: the engine's budget and the peak of a probe run."""
+
+    def budget(self, fraction: float) -> int:
+        """Bytes a micro-batch may use: what is allocated now plus ``fraction`` of the free memory."""
+
+    def peak(self, run: Callable[[int], None], batch_size: int) -> int:
+        """Peak bytes (weights included) of ``run(batch_size)``."""
 
 
-def suggest_batch_size(run: Callable[[int], None], budget_bytes: int, device: torch.device,
+class CudaMemory:
+    """:class:`DeviceMemory` of one CUDA device, measured with ``torch.cuda``'s allocator statistics."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def budget(self, fraction: float) -> int:
+        torch.cuda.empty_cache()
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return torch.cuda.memory_allocated(self.device) + int(fraction * free)
+
+    def peak(self, run: Callable[[int], None], batch_size: int) -> int:
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        run(batch_size)
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device)
+
+
+def device_memory(device: torch.device) -> Optional[DeviceMemory]:
+    """The memory queries of ``device``: :class:`CudaMemory` on CUDA, None where memory is not measured (CPU)."""
+    return CudaMemory(device) if device.type == "cuda" else None
+
+
+def suggest_batch_size(run: Callable[[int], None], memory: DeviceMemory, fraction: float,
                        probe_sizes: Sequence[int] = (1, 4)) -> int:
-    """Largest batch size whose measured peak fits the budget; ``run(b)`` scores a micro-batch of ``b`` images."""
-    if device.type != "cuda":
-        raise ValueError(f"suggest_batch_size measures CUDA memory, but the engine runs on {device}; on a CPU pick "
-                         "batch_size by hand (host memory is rarely the limit there)")
-    return fit_batch_size({n: peak_bytes(run, n, device) for n in probe_sizes}, budget_bytes)
+    """Largest batch size whose measured peak fits ``fraction`` of the free memory; ``run(b)`` scores a
+    micro-batch of ``b`` images."""
+    budget = memory.budget(fraction)
+    return fit_batch_size({n: memory.peak(run, n) for n in probe_sizes}, budget)

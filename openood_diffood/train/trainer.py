@@ -32,6 +32,7 @@ from tqdm import tqdm
 from ..method.diffood import guided_noise
 from ..method.noise import key_seed, sample_noise
 from ..method.solvers import add_noise, ddim, solver_timesteps
+from ..models.card_facts import ModelFacts, card_header
 from ..models.diffusion import PixelUNetBackend
 from ..version import __version__
 from .arguments import add_train_arguments, check_arguments, settings_of
@@ -304,8 +305,9 @@ def model_card(settings: Dict[str, Any], data: TrainingData, steps: int, loss: f
 
     classes = ", ".join(f"{i}: {c}" for i, c in enumerate(data.classes))
     return (
-        "---\nlibrary_name: diffusers\ntags: [openood-diffood, diffood, class-conditional, ddpm]\n---\n"
-        "# Class-conditional diffusion model for DiffOOD\n\n"
+        card_header(["openood-diffood", "diffood", "class-conditional", "ddpm"],
+                    ModelFacts(max_timestep=settings["max_timestep"], null_class=len(data.classes)))
+        + "# Class-conditional diffusion model for DiffOOD\n\n"
         f"Trained with `python -m openood_diffood train` (openood-diffood {__version__}, torch "
         f"{torch.__version__.split('+')[0]}, diffusers {diffusers.__version__}). A `UNet2DModel` predicting epsilon "
         f"with {len(data.classes)} classes plus the null class {len(data.classes)} (classifier-free guidance), and "

@@ -9,12 +9,23 @@ import yaml
 
 from ...hashing import file_sha256
 from ...version import __version__
+from ..card_facts import ModelFacts, card_header
 from .conversion import Conversion
 
 #: What each source format is.
 FORMATS = {"ddim": "official DiffOOD DDIM UNet (luping-liu/DiffOOD network/ddim/ddim.py Model), EMA state dict",
            "iddpm": "official DiffOOD improved-diffusion UNet (luping-liu/DiffOOD network/iddpm/unet.py UNetModel)",
            "ldm": "CompVis latent diffusion LatentDiffusion (Lightning .ckpt; configs/latent-diffusion/cin256-v2)"}
+
+
+def null_class(conversion: Conversion) -> Optional[int]:
+    """The null class of a converted model: the last row of its label table (None: unconditional)."""
+    for part in conversion.parts.values():
+        config = getattr(part, "config", {})
+        rows = config.get("num_class_embeds") or config.get("num_embeddings")
+        if rows:
+            return int(rows) - 1
+    return None
 
 
 def model_card(conversion: Conversion, checkpoint: str, config: Optional[str]) -> str:
@@ -31,6 +42,8 @@ def model_card(conversion: Conversion, checkpoint: str, config: Optional[str]) -
     how = "\n".join(f"- {note}" for note in conversion.notes + [
         "every weight of the checkpoint was mapped onto the diffusers model built from the config and checked key "
         "by key and shape by shape; none was left over and none was missing"])
-    return (f"---\nlibrary_name: diffusers\ntags: [openood-diffood, converted, {conversion.format}]\n---\n\n"
+    header = card_header(["openood-diffood", "converted", conversion.format],
+                         ModelFacts(null_class=null_class(conversion)))
+    return (f"{header}\n"
             f"# {conversion.format} checkpoint converted to diffusers for DiffOOD\n\n{table}\n\n"
             f"## Settings of the source config\n\n```yaml\n{settings}\n```\n\n## How it was converted\n\n{how}\n")
