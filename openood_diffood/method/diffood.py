@@ -46,37 +46,25 @@ SCORING_ONLY = ("space", "threshold", "combine")
 @dataclass
 class RoundTrip:
     """What :func:`reconstruct` finds for a batch of N images: the classifier's ``pred`` and ``logits`` on the
-    inputs, their ``reconstructions`` (N, R, C, H, W) in [0, 1] and, under ``protocol: official``, the per-repeat
-    ``reference`` (N, R, C, H, W) in [0, 1] they are compared with (None: the input itself)."""
+    inputs, their ``reconstructions`` (N, R, C, H, W) in [0, 1], under ``protocol: official`` the per-repeat
+    ``reference`` (N, R, C, H, W) in [0, 1] they are compared with (None: the input itself), and after
+    :func:`diffood` the score ``change`` (N,) (higher = more OOD)."""
 
     pred: torch.Tensor
     logits: torch.Tensor
     reconstructions: torch.Tensor
     reference: Optional[torch.Tensor] = None
+    change: Optional[torch.Tensor] = None
 
     def apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "RoundTrip":
         """The round trip with ``fn`` applied to each of its tensors (slicing, moving)."""
-        return RoundTrip(fn(self.pred), fn(self.logits), fn(self.reconstructions),
-                         None if self.reference is None else fn(self.reference))
+        return RoundTrip(**{k: None if v is None else fn(v) for k, v in vars(self).items()})
 
     @staticmethod
     def concatenate(trips: Sequence["RoundTrip"]) -> "RoundTrip":
         """The round trips of several batches as one."""
-        ref = None if trips[0].reference is None else torch.cat([t.reference for t in trips])
-        return RoundTrip(torch.cat([t.pred for t in trips]), torch.cat([t.logits for t in trips]),
-                         torch.cat([t.reconstructions for t in trips]), ref)
-
-
-@dataclass
-class BatchResult:
-    """What :func:`diffood` finds for a batch: ``change`` (N,) is the DiffOOD score (higher = more OOD), ``pred``
-    the classifier's prediction, ``logits`` its logits (for ``combine: energy``) and ``reconstructions``
-    (N, R, C, H, W) in [0, 1]."""
-
-    change: torch.Tensor
-    pred: torch.Tensor
-    logits: torch.Tensor
-    reconstructions: torch.Tensor
+        return RoundTrip(**{k: None if v is None else torch.cat([getattr(t, k) for t in trips])
+                            for k, v in vars(trips[0]).items()})
 
 
 def classify(classifier: Classifier, x: torch.Tensor, settings: DiffOODSettings,
@@ -202,13 +190,13 @@ def changes(classifier: Classifier, x: torch.Tensor, trip: RoundTrip, settings: 
 
 
 def diffood(classifier: Classifier, diffusion, x: torch.Tensor, keys: Sequence[Hashable], settings: DiffOODSettings,
-            labels: Optional[torch.Tensor] = None) -> BatchResult:
+            labels: Optional[torch.Tensor] = None) -> RoundTrip:
     """The DiffOOD score of a batch of normalized images ``x`` (see the module docstring): :func:`reconstruct`,
     then :func:`changes` averaged over the repeats. ``keys`` name the images for their noise; ``labels`` replace
     the predictions as the conditioning classes."""
     trip = reconstruct(classifier, diffusion, x, keys, settings, labels)
-    change = changes(classifier, x, trip, settings)[settings.space].mean(1)
-    return BatchResult(change, trip.pred, trip.logits, trip.reconstructions)
+    trip.change = changes(classifier, x, trip, settings)[settings.space].mean(1)
+    return trip
 
 
 def _resized(x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:

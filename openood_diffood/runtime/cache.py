@@ -1,18 +1,15 @@
 """Keyed stores on disk, and the score cache: an interrupted run resumes where it stopped, and a finished set is
 never scored again.
 
-Every store of the package and its benchmarks (this score cache, ``eval``'s per-set store of the baselines, the
-benchmarks' round trips) is a :class:`KeyedStore`: ``<root>/<digest of key.json>/`` holds ``key.json`` (what the
-key covers, readable; read back and checked whenever the folder is opened) and ``.npz`` files written atomically
-(temporary file + ``os.replace``), so a killed run leaves only complete files.
+Every store (this score cache, ``eval``'s per-set store of the baselines, the benchmarks' round trips) is a
+:class:`KeyedStore`: ``<root>/<digest of key.json>/`` holds ``key.json`` (the key, readable; read back and checked
+when the folder is opened) and ``.npz`` files written atomically, so a killed run leaves only complete files.
 
-A DiffOOD score is a pure function of the input image's values, the settings and the two models (each image's
-noise derives from its own content, see :mod:`openood_diffood.method.noise`). So the score cache maps an image
-digest (its exact input values) to its (score, prediction) under the engine's
-:meth:`~openood_diffood.DiffOOD.identity`: every setting, the resolved precision, the package version and a
-content fingerprint of the classifier and of the diffusion model; change any of them and the scores go to a fresh
-folder. One ``unit-<digest>.npz`` per finished batch, named by its images, so any rank, dataset, order or batching
-finds them.
+A DiffOOD score is a pure function of the image's values, the settings and the two models (each image's noise
+derives from its content), so the score cache keeps (score, prediction) by image digest in one
+``unit-<digest>.npz`` per finished batch (found whatever the rank, dataset, order or batching) under the engine's
+:meth:`~openood_diffood.DiffOOD.identity`: every setting, the resolved precision, the package version and the
+models' fingerprints.
 """
 from __future__ import annotations
 

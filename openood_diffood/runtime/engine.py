@@ -14,7 +14,7 @@ from torch import nn
 
 from ..config import ConfigError, DiffOODSettings, RunOptions, split_mapping
 from ..method.calibration import Calibration
-from ..method.diffood import BatchResult, RoundTrip, classify, diffood, network_samples, reconstruct
+from ..method.diffood import RoundTrip, classify, diffood, network_samples, reconstruct
 from ..method.features import Classifier, as_classifier
 from ..method.noise import content_keys
 from ..method.scoring import energy_score
@@ -209,7 +209,7 @@ class DiffOOD:
                keys: Optional[Sequence[Hashable]] = None) -> DiffOODOutput:
         return self._output(list(self._run(x, labels, keys)))
 
-    def _output(self, results: Sequence[BatchResult]) -> DiffOODOutput:
+    def _output(self, results: Sequence[RoundTrip]) -> DiffOODOutput:
         change = torch.cat([r.change for r in results])
         if self.settings.combine is not None:
             change = self.calibration.combine(change, torch.cat([energy_score(r.logits) for r in results]))
@@ -228,7 +228,7 @@ class DiffOOD:
         return self._cache
 
     def _run(self, x: torch.Tensor, labels: Optional[torch.Tensor], keys: Optional[Sequence[Hashable]],
-             step: Callable[..., Any] = diffood) -> Iterator[Any]:
+             step: Callable[..., RoundTrip] = diffood) -> Iterator[RoundTrip]:
         """Check the inputs, then ``step`` (:func:`diffood` or its reconstruct step) on each micro-batch, trimmed
         of compile padding."""
         x = torch.as_tensor(x).float()
@@ -256,7 +256,7 @@ class DiffOOD:
                 kb = kb + kb[-1:] * pad
             out = step(self.classifier, self._execution, xb.to(self.device, non_blocking=True), kb, self.settings,
                        None if yb is None else yb.to(self.device))
-            yield type(out)(*(None if v is None else v[:j - i] for v in vars(out).values()))
+            yield out.apply(lambda v: v[:j - i])
 
     def check_input(self, x: torch.Tensor) -> None:
         """A ValueError naming the problem and the fix when the engine cannot score these normalized images."""
