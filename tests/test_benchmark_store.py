@@ -82,7 +82,7 @@ def test_chunks_are_computed_once_and_fewer_repeats_read_the_first_ones(tmp_path
     monkeypatch.setattr(DiffOOD, "round_trips", no_compute)
     again = RoundTripStore(tmp_path).get(engine, images)
     for a, b in zip(vars(again).values(), vars(first).values()):
-        assert torch.equal(a, b)
+        assert (a is None and b is None) or torch.equal(a, b)
     fewer = RoundTripStore(tmp_path)
     two = fewer.get(engine.replace(repeats=2), images)
     assert torch.equal(two.reconstructions, first.reconstructions[:, :2])
