@@ -97,7 +97,7 @@ def analysis_section(inp, scores: Mapping[str, Mapping[str, np.ndarray]], plain:
     mean_change = {sp: {n: float(ch[n][sp].mean()) for n in names} for sp in inp.spaces}
     sets = {s.name: s for s in suite.test_sets()}
     trips = {n: inp.store.get(engine, sets[n].images, compute=False) for n in names}
-    preds = {n: trips[n].pred for n in names}
+    preds = {n: trips[n].pred.numpy() for n in names}
     _pred_histogram(fig_dir / "predicted_classes.png", preds)
     shown = [m for m in (plain, "msp", "knn") if m in scores]
     score_histograms(str(fig_dir), {m: scores[m][id_name] for m in shown},
@@ -107,7 +107,7 @@ def analysis_section(inp, scores: Mapping[str, Mapping[str, np.ndarray]], plain:
     order = np.argsort(scores[plain][far])
     picks = [(n, [0, 1, 2]) for n in names[:-1]] + [(far, [*order[:4].tolist(), *order[-2:].tolist()])]
     imgs = torch.cat([torch.from_numpy(sets[n].images[idx]).permute(0, 3, 1, 2).float() / 255 for n, idx in picks])
-    recs = torch.cat([torch.from_numpy(trips[n].recs[idx]) for n, idx in picks])
+    recs = torch.cat([trips[n].reconstructions[idx] for n, idx in picks])
     shown_scores = [float(scores[plain][n][i]) for n, idx in picks for i in idx]
     titles = [f"{n}, predicted {CIFAR10_CLASSES[preds[n][i]]}" for n, idx in picks for i in idx]
     reconstruction_grid(str(fig_dir / "reconstructions.png"), imgs, recs, shown_scores, titles,

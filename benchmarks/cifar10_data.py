@@ -23,6 +23,7 @@ from torch import nn
 
 from openood_diffood import DiffOOD, load_diffusion
 from openood_diffood.evaluate.benchmark import Benchmark, ImageSet, predictions
+from openood_diffood.method.diffood import network_samples
 from openood_diffood.method.normalization import DATASET_STATS, Normalization
 from openood_diffood.models.classifiers import load_classifier
 from openood_diffood.models.diffusion import DiffusionBackend
@@ -112,5 +113,4 @@ def cifar_engine(net: nn.Module, backend: DiffusionBackend, **settings) -> DiffO
     network samples."""
     settings = {"precision": PRECISION, "dataset": "cifar10", **settings}
     engine = DiffOOD(net, backend, **settings)
-    pair = 2 if engine.settings.guidance not in (0.0, 1.0) else 1
-    return engine.replace(batch_size=max(1, 64 // (engine.settings.repeats * pair)))
+    return engine.replace(batch_size=max(1, 64 // network_samples(engine.settings, engine.diffusion)))

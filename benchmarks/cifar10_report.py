@@ -59,14 +59,14 @@ def variants(inp: Inputs) -> Tuple[Dict[str, SetScores], Dict[str, SetScores], d
     if space != "logit":
         rows[f"diffood (val-chosen {inp.label(last)}, {space})"] = mean_scores(inp.changes[last], space, r)
     plain_val = mean_scores(inp.val_changes[last], space, r)
-    val_pred = inp.store.get(inp.engines[last], inp.suite.id_val.images, compute=False).pred
-    val_ood_pred = inp.store.get(inp.engines[last], inp.suite.val_near[0].images, compute=False).pred
+    val_pred = inp.store.get(inp.engines[last], inp.suite.id_val.images, compute=False).pred.numpy()
+    val_ood_pred = inp.store.get(inp.engines[last], inp.suite.val_near[0].images, compute=False).pred.numpy()
     cands = improvement_candidates({"id": plain_val[v_id]}, inp.val_energy[v_id], val_pred, 10)
     chosen, kept, cand_val = best_candidate(cands, (plain_val[v_id], plain_val[v_ood]),
                                             (inp.val_energy[v_id], inp.val_energy[v_ood]), (val_pred, val_ood_pred))
     test_plain = mean_scores(inp.changes[last], space, r)
     energy = inp.baselines["ebo"]
-    preds = {s.name: inp.store.get(inp.engines[last], s.images, compute=False).pred
+    preds = {s.name: inp.store.get(inp.engines[last], s.images, compute=False).pred.numpy()
              for s in [*inp.suite.test_sets(), inp.sets.misclassified]}
     all_cands = {f"diffood {inp.label(last)}, {space}: {name}": {n: f(test_plain[n], energy[n], preds[n])
                                                                   for n in test_plain}

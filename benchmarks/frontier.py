@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from openood_diffood import DiffOOD
-from openood_diffood.method.solvers import network_evaluations
+from openood_diffood.method.diffood import network_evaluations
 
 from . import stats
 from .roundtrips import RoundTripStore
@@ -35,13 +35,6 @@ def reduced_grid(strides: Sequence[int] = (20, 100), repeats: int = 4) -> List[R
     ref = (REFERENCE[0], min(strides), REFERENCE[2])
     between = sorted((st for st in strides if ref[1] < st < max(strides)), reverse=True)
     return [ref] + [(s, max(strides), repeats) for s in SOLVER_NAMES] + [(ref[0], st, repeats) for st in between]
-
-
-def evaluations(engine: DiffOOD, solver: str, stride: int, repeats: int) -> int:
-    """UNet evaluations per image (one network sample each; guidance doubles them unless w is 0 or 1)."""
-    s = engine.settings
-    pair = 2 if engine.diffusion.conditional and s.guidance not in (0.0, 1.0) else 1
-    return network_evaluations(solver, s.timestep, stride) * repeats * pair
 
 
 @dataclass
@@ -88,7 +81,8 @@ def frontier(store: RoundTripStore, engine: DiffOOD, suite: Suite, grid: Sequenc
     ref = scored[ref_key]
     points = []
     for (solver, stride, k), sc in scored.items():
-        point = Point(solver, stride, k, evaluations(engine, solver, stride, k),
+        cost = network_evaluations(engine.settings.replace(solver=solver, stride=stride, repeats=k), engine.diffusion)
+        point = Point(solver, stride, k, cost,
                       stats.grouped("AUROC", sc, id_name, groups),
                       stats.mean_of_means("AUROC", sc, id_name, groups[:1], _all(sc)),
                       stats.mean_of_means("AUROC", sc, id_name, groups[1:], _all(sc)))

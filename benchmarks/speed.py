@@ -32,10 +32,10 @@ import torch
 
 from openood_diffood import DiffOOD, DiffOODSettings
 from openood_diffood.evaluate.tables import format_table
-from openood_diffood.method.diffood import guided_noise
+from openood_diffood.method.diffood import guided_noise, network_evaluations
 from openood_diffood.method.noise import content_keys, sample_noise
 from openood_diffood.method.scoring import feature_change
-from openood_diffood.method.solvers import SOLVERS, network_evaluations, solver_timesteps
+from openood_diffood.method.solvers import SOLVERS, solver_timesteps
 from openood_diffood.models.diffusion import PixelUNetBackend
 from openood_diffood.models.networks import cifar_resnet, resnet18_32x32
 
@@ -260,8 +260,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             times[spec].append(measure(fns[spec], x, device))
             print(f"round {r}: {spec}: {times[spec][-1][0]:.1f} s wall, {times[spec][-1][1]:.1f} s CPU", flush=True)
 
-    pair = 2 if s.guidance != 1 else 1
-    evals = args.images * s.repeats * network_evaluations(s.solver, s.timestep, s.stride) * pair
+    evals = args.images * network_evaluations(s, backend)
     base = args.variants[0]
     wall0 = statistics.median(w for w, _ in times[base])
     cpu0 = statistics.median(c for _, c in times[base])
@@ -279,7 +278,7 @@ def main(argv: Optional[List[str]] = None) -> None:
              "",
              f"UNet `{model}` ({params:.2f} M parameters, random weights), random {classifier_name}; {args.images} "
              f"images 32x32; t = {s.timestep}, DDIM stride {s.stride} "
-             f"({network_evaluations(s.solver, s.timestep, s.stride)} steps), R = {s.repeats}, w = {s.guidance}; "
+             f"({len(solver_timesteps(s.timestep, s.stride))} steps), R = {s.repeats}, w = {s.guidance}; "
              f"precision `auto` = {'bf16' if device.type == 'cuda' else 'fp32'} for `ours`, fp32 official; "
              f"medians of {args.rounds} alternating rounds. Official loop vs engine on the same noise: "
              f"max |score diff| {diff:.1e}." + (f" Sync check: {sync}." if sync else ""),

@@ -1,10 +1,8 @@
-"""The benchmarks' round-trip store (format 2) and their bootstrap statistics."""
-import gc
+"""The benchmarks' round-trip store (format 3) and their bootstrap statistics."""
 import json
 import shutil
 import subprocess
 import sys
-import weakref
 from typing import Optional
 
 import numpy as np
@@ -12,17 +10,14 @@ import pytest
 import torch
 
 from benchmarks import stats
-from benchmarks.roundtrips import CHUNK, RoundTripStore, changes_by_space, scores
+from benchmarks.roundtrips import CHUNK, RoundTripStore, identity, scores
 from conftest import REPO
 from openood_diffood import DiffOOD
 from openood_diffood.evaluate.metrics import ood_metrics
 from openood_diffood.hashing import digest
-from openood_diffood.method.scoring import repeat_changes
+from openood_diffood.method.diffood import round_trip_settings
 from openood_diffood.models.demo import DEMO_MEAN, DEMO_STD, load_demo_models
-
-#: The folder of the stored CIFAR-10 round trips of t = 300, w = 3, R = 4, DDIM-20, bf16: the code must keep
-#: naming it identically, wherever the checkout and the shared data lie, or those round trips are lost.
-PAPER_FOLDER = "f2be5fddce4471588cfeb568d4d87aef"
+from openood_diffood.runtime.cache import KeyedStore
 
 
 def demo_engine(diffusion: Optional[str] = None, **settings) -> DiffOOD:
@@ -37,40 +32,44 @@ def digits(n: int) -> np.ndarray:
     return demo_sets(0)["test"][0][:n]
 
 
-def test_store_key_is_format_2_and_names_the_pre_restructuring_folder(shared_data, tmp_path):
-    from benchmarks.cifar10_data import cifar_engine, load_models
-
-    net, backend = load_models(shared_data)
+def test_store_key_is_format_3_and_covers_the_protocol(tmp_path):
+    """The key comes from the settings themselves: a round trip of protocol official is not the package
+    protocol's (format 2's hand-written key left ``protocol`` out and reused the other protocol's round trips)."""
+    engine = demo_engine()
+    key = identity(engine)
+    assert key == {"format": 3, "round_trip": {**round_trip_settings(engine.settings), "precision": "fp32"},
+                   **engine.fingerprints()}
+    assert identity(engine.replace(space="logit", threshold=None)) == key
+    official = engine.replace(protocol="official")
+    assert identity(official) != key
     store = RoundTripStore(tmp_path)
-    identity = store.identity(cifar_engine(net, backend))
-    assert identity["format"] == 2 and set(identity) == {"format", "round_trip", "classifier", "diffusion"}
-    assert identity["round_trip"] == {"timestep": 300, "guidance": 3.0, "repeats": 4, "stride": 20, "solver": "ddim",
-                                      "seed": 0, "precision": "bf16", "resize": False, "class_map": None,
-                                      "mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.2435, 0.2616]}
-    folder = store.folder(identity)
-    assert folder.name == PAPER_FOLDER
-    assert json.loads((folder / "key.json").read_text()) == identity
+    images = digits(4)
+    store.get(engine, images)
+    assert store.missing(engine, images) == 0 and store.missing(official, images) == 1
+    with pytest.raises(FileNotFoundError, match="not stored"):
+        store.get(official, images, compute=False)
+    assert json.loads((KeyedStore(tmp_path, key).dir / "key.json").read_text()) == key
 
 
 def test_a_copy_of_the_model_elsewhere_finds_the_same_round_trips(tmp_path):
     diffusion = load_demo_models()[1]
     copy = shutil.copytree(diffusion, tmp_path / "elsewhere" / "diffusion")
-    store = RoundTripStore(tmp_path / "store")
-    here, there = (store.identity(demo_engine(diffusion=str(d))) for d in (diffusion, copy))
+    here, there = (identity(demo_engine(diffusion=str(d))) for d in (diffusion, copy))
     assert here == there
     moved = demo_engine(diffusion=str(copy))
     with torch.no_grad():
         next(moved.diffusion.parameters()).add_(1e-3)
-    assert store.identity(moved)["diffusion"] != here["diffusion"]
+    assert identity(moved)["diffusion"] != here["diffusion"]
 
 
 def test_chunks_are_computed_once_and_fewer_repeats_read_the_first_ones(tmp_path, monkeypatch):
     store = RoundTripStore(tmp_path)
-    engine = demo_engine()
+    engine = demo_engine(protocol="official")
     images = digits(CHUNK + 5)
     first = store.get(engine, images)
-    assert first.recs.shape == (CHUNK + 5, 3, 1, 16, 16) and first.pred.shape == (CHUNK + 5,)
-    folder = store.folder(store.identity(engine))
+    assert first.reconstructions.shape == (CHUNK + 5, 3, 1, 16, 16) and first.pred.shape == (CHUNK + 5,)
+    assert first.reference.shape == first.reconstructions.shape
+    folder = KeyedStore(tmp_path, identity(engine)).dir
     names = sorted(p.name for p in folder.glob("chunk-*.npz"))
     assert names == sorted(f"chunk-{digest(np.ascontiguousarray(images[i:i + CHUNK]).tobytes())}.npz"
                            for i in (0, CHUNK))
@@ -80,53 +79,33 @@ def test_chunks_are_computed_once_and_fewer_repeats_read_the_first_ones(tmp_path
     def no_compute(*args, **kwargs):
         raise AssertionError("a stored round trip was recomputed")
 
-    monkeypatch.setattr(DiffOOD, "reconstruct", no_compute)
+    monkeypatch.setattr(DiffOOD, "round_trips", no_compute)
     again = RoundTripStore(tmp_path).get(engine, images)
-    np.testing.assert_array_equal(again.recs, first.recs)
+    for a, b in zip(vars(again).values(), vars(first).values()):
+        assert (a is None and b is None) or torch.equal(a, b)
     fewer = RoundTripStore(tmp_path)
     two = fewer.get(engine.replace(repeats=2), images)
-    np.testing.assert_array_equal(two.recs, first.recs[:, :2])
+    assert torch.equal(two.reconstructions, first.reconstructions[:, :2])
+    assert torch.equal(two.reference, first.reference[:, :2])
     assert fewer.compute_seconds() == pytest.approx(seconds)  # the R = 3 chunks' stored compute time
-    assert not list(fewer.folder(fewer.identity(engine.replace(repeats=2))).glob("chunk-*.npz"))
+    assert not list(KeyedStore(tmp_path, identity(engine.replace(repeats=2))).dir.glob("chunk-*.npz"))
     with pytest.raises(FileNotFoundError, match="not stored"):
         store.get(engine.replace(guidance=1.0), images, compute=False)
-    # the stored reconstructions score exactly as the engine does
-    monkeypatch.undo()
-    changes = scores(store, engine, images[:4])["feature"].mean(1)
-    direct = engine.score(engine.settings.normalization.from_uint8(images[:4])).score.numpy()
-    np.testing.assert_allclose(changes, direct, rtol=1e-5, atol=1e-6)
 
 
-def test_a_fingerprinted_model_stays_alive_so_its_id_cannot_pass_to_the_next(tmp_path):
-    """The store keys fingerprints by the models' id(); a model freed after it was fingerprinted could hand its
-    id() to the next one loaded, which would then read the freed model's round trips (dm_quality once scored its
-    4,800-step model with the 1,200-step model's reconstructions). So the store keeps every model it fingerprinted
-    alive, and a second model gets its own fingerprint."""
-    store = RoundTripStore(tmp_path)
-    engine = demo_engine()
-    first = store.identity(engine)["diffusion"]
-    alive = weakref.ref(engine.diffusion)
-    del engine
-    gc.collect()
-    assert alive() is not None
-    other = demo_engine()
-    with torch.no_grad():
-        next(other.diffusion.parameters()).add_(0.01)
-    assert store.identity(other)["diffusion"] != first
-
-
-def test_every_space_scores_as_the_engine_defines_it(tmp_path):
-    engine = demo_engine()
+@pytest.mark.parametrize("protocol", ["package", "official"])
+def test_stored_round_trips_score_as_the_engine_in_every_space(tmp_path, protocol):
+    """benchmarks/ computes no score of its own: the package's score step on stored round trips gives the engine's
+    scores, in every space (the engine's clipped feature space too) and under either protocol."""
+    engine = demo_engine(protocol=protocol, threshold=0.5)
     images = digits(6)
-    recs = RoundTripStore(tmp_path).get(engine, images).recs
     spaces = ["image", "layer1", "layer2", "feature", "logit"]
-    fast = changes_by_space(engine, images, recs, spaces, batch=4)
-    norm = engine.settings.normalization
-    x, rec = norm.from_uint8(images), norm.normalize(torch.from_numpy(recs).flatten(0, 1))
+    stored = scores(RoundTripStore(tmp_path), engine, images, spaces=spaces)
+    x = engine.settings.normalization.from_uint8(images)
     for sp in spaces:
-        settings = engine.settings.replace(space=sp)
-        direct = repeat_changes(engine.features(x, settings)[1], engine.features(rec, settings)[1].view(6, 3, -1))
-        np.testing.assert_allclose(fast[sp], direct.numpy(), rtol=1e-5, atol=1e-6, err_msg=sp)
+        settings = engine.settings if sp == "feature" else engine.settings.replace(space=sp, threshold=None)
+        e = DiffOOD(engine.classifier, engine.diffusion, settings, batch_size=4)
+        np.testing.assert_allclose(stored[sp].mean(1), e.score(x).score.numpy(), rtol=1e-5, atol=1e-6, err_msg=sp)
 
 
 def test_metrics_equal_openood_conventions_with_ties():

@@ -1,5 +1,7 @@
 """Score cache: an interrupted run resumes with identical scores and recomputes nothing that finished."""
+import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -8,7 +10,8 @@ from torch.utils.data import DataLoader
 
 from conftest import DictDataset, TinyNet
 from openood_diffood import DiffOOD, load_diffusion
-from openood_diffood.runtime.cache import ScoreCache, atomic_write, image_digests, module_fingerprint
+from openood_diffood.evaluate.runners import SetStore
+from openood_diffood.runtime.cache import KeyedStore, ScoreCache, atomic_write, image_digests, module_fingerprint
 from openood_diffood.runtime.distributed import score_loader
 
 SETTINGS = dict(timestep=100, stride=50, repeats=2, guidance=2.0)  # 2 network calls per micro-batch
@@ -103,6 +106,31 @@ def test_fingerprint_sees_buffers_and_configs(tiny_diffusion_dir):
     c = load_diffusion(tiny_diffusion_dir)
     c.unet.register_to_config(attention_head_dim=2)  # a config change that leaves every weight as it is
     assert module_fingerprint(a) != module_fingerprint(c)
+
+
+def test_fingerprint_ignores_where_the_model_was_loaded_from(tiny_diffusion_dir, tmp_path):
+    """A copy of the model elsewhere is the same model: its cached scores are found (the fingerprint once hashed
+    diffusers' ``_name_or_path``, so a moved checkout scored everything again)."""
+    copy = shutil.copytree(tiny_diffusion_dir, tmp_path / "elsewhere")
+    assert module_fingerprint(load_diffusion(tiny_diffusion_dir)) == module_fingerprint(load_diffusion(copy))
+
+
+def test_one_keyed_store_under_every_store(tmp_path, tiny_net, tiny_diffusion_dir):
+    key = {"method": "msp", "values": [1.5, None]}
+    store = KeyedStore(tmp_path, key)
+    assert json.loads((store.dir / "key.json").read_text()) == key and store.load("x") is None
+    store.save("unit-a", {"score": np.arange(3.0)})
+    np.testing.assert_array_equal(KeyedStore(tmp_path, key).load("unit-a")["score"], np.arange(3.0))
+    assert store.names("unit-") == ["unit-a"] and KeyedStore.keys(tmp_path) == [key]
+    assert not list(store.dir.glob("*.tmp"))
+    # the score cache and eval's set store are keyed stores: the same folder for the same key
+    engine = DiffOOD(tiny_net, load_diffusion(tiny_diffusion_dir), **SETTINGS)
+    assert ScoreCache(tmp_path, engine.identity()).dir == KeyedStore(tmp_path, engine.identity()).dir
+    assert SetStore(tmp_path, key).dir == KeyedStore(tmp_path / "sets", key).dir
+    # a key.json that does not hold its folder's key is read back and refused
+    (store.dir / "key.json").write_text(json.dumps({"method": "knn"}))
+    with pytest.raises(ValueError, match="remove"):
+        KeyedStore(tmp_path, key)
 
 
 def test_image_digests_are_exact():

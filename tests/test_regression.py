@@ -2,7 +2,9 @@
 
 ``tests/data/reference_scores.json`` holds scores computed by the code at commit af2b469 (before the
 restructuring) with the demo models on fixed demo images, for every solver, feature space, guidance mode, seed,
-``combine: energy``, resizing and a tiny DiT in the DiT layout. The engine of today must give the same numbers.
+``combine: energy``, resizing and a tiny DiT in the DiT layout. The entries ``official_*`` (``protocol: official``,
+three spaces, guidance 0, 1 and 3) were added from commit 84b548e, the last before the algorithm was split into its
+reconstruct and score steps (issue 20); each names its commit. The engine of today must give the same numbers.
 """
 import json
 from pathlib import Path

@@ -8,17 +8,19 @@ import sys
 from benchmarks import frontier
 from benchmarks.frontier_report import default_decision
 from conftest import REPO
-from openood_diffood import DiffOOD
+from openood_diffood import DiffOODSettings, load_diffusion
+from openood_diffood.method.diffood import network_evaluations
 from openood_diffood.models.demo import load_demo_models
 
 
 def test_evaluation_counts_and_grids():
-    net, diffusion = load_demo_models()
-    engine = DiffOOD(net, diffusion, mean=(0.5,), std=(0.5,))
-    assert frontier.evaluations(engine, "ddim", 20, 4) == 15 * 4 * 2   # the paper's 120
-    assert frontier.evaluations(engine, "plms", 20, 4) == 16 * 4 * 2   # one extra warm-up evaluation
-    assert frontier.evaluations(engine, "dpmpp2m", 100, 1) == 3 * 2
-    assert frontier.evaluations(engine.replace(guidance=1.0), "ddim", 20, 4) == 60  # one branch at w = 1
+    diffusion = load_diffusion(load_demo_models()[1])
+    s = DiffOODSettings(mean=(0.5,), std=(0.5,))
+    assert network_evaluations(s, diffusion) == 15 * 4 * 2   # the paper's 120
+    assert network_evaluations(s.replace(solver="plms"), diffusion) == 16 * 4 * 2   # one extra warm-up evaluation
+    assert network_evaluations(s.replace(solver="dpmpp2m", stride=100, repeats=1), diffusion) == 3 * 2
+    assert network_evaluations(s.replace(guidance=1.0), diffusion) == 60  # one branch at w = 1
+    assert network_evaluations(s.replace(guidance=0.0), diffusion) == 60  # and at w = 0 (the null class only)
     assert len(frontier.full_grid()) == 12 and all(r == 4 for *_, r in frontier.full_grid())
     reduced = frontier.reduced_grid()
     assert reduced[0] == frontier.REFERENCE

@@ -6,7 +6,6 @@ the fit set, so an interrupted or repeated ``eval`` recomputes only what did not
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
@@ -18,7 +17,7 @@ from tqdm import tqdm
 
 from ..config import ConfigError
 from ..hashing import digest, item_digests
-from ..runtime.cache import atomic_write
+from ..runtime.cache import KeyedStore
 from ..runtime.engine import DiffOOD
 from ..version import __version__
 from .baselines import make_baselines
@@ -68,28 +67,23 @@ def check_fit_data(runners: Mapping[str, Any], has_fit: bool) -> None:
 
 
 class SetStore:
-    """Scores of finished (method, set) pairs: ``<root>/sets/<key>/<set digest>.npz``, written atomically."""
+    """Scores of finished (method, set) pairs: ``<root>/sets/<key>/<set digest>.npz`` (a :class:`KeyedStore`)."""
 
     def __init__(self, root: os.PathLike, identity: Mapping[str, Any]) -> None:
-        text = json.dumps(identity, sort_keys=True, indent=1, default=str)
-        self.dir = Path(root) / "sets" / digest(text.encode())
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if not (self.dir / "key.json").exists():
-            atomic_write(self.dir / "key.json", lambda f: f.write(text.encode()))
-
-    def _path(self, images: np.ndarray) -> Path:
-        return self.dir / f"{digest(''.join(item_digests(images)).encode())}.npz"
+        self._files = KeyedStore(Path(root) / "sets", identity)
+        self.dir = self._files.dir
 
     def get(self, images: np.ndarray) -> Optional[np.ndarray]:
         """The stored scores of this exact set of images, or None."""
-        path = self._path(images)
-        if not path.exists():
-            return None
-        with np.load(path, allow_pickle=False) as f:
-            return f["score"]
+        arrays = self._files.load(self._name(images))
+        return None if arrays is None else arrays["score"]
 
     def put(self, images: np.ndarray, scores: np.ndarray) -> None:
-        atomic_write(self._path(images), lambda f: np.savez(f, score=np.asarray(scores)))
+        self._files.save(self._name(images), {"score": np.asarray(scores)})
+
+    @staticmethod
+    def _name(images: np.ndarray) -> str:
+        return digest("".join(item_digests(images)).encode())
 
 
 def baseline_identity(method: Any, classifier_fingerprint: str, fit_images: Optional[np.ndarray],

@@ -16,13 +16,17 @@ towards the class the classifier predicted, and the classifier's view of it move
 Latent models (DiT, LDM) encode x0 first and decode the solution; ``settings.resize`` maps the inputs into the
 model's size and back. ``protocol: official`` follows the released DiffOOD code instead in two details: the network
 is evaluated at label s - 1 for noise level abar[s], and g(x) is replaced, per repeat, by the features of the t = 0
-pass of the same loop, sqrt(abar_0) x0 + sqrt(1 - abar_0) eps^r. Everything else about running this (micro-batches,
+pass of the same loop, sqrt(abar_0) x0 + sqrt(1 - abar_0) eps^r.
+
+The algorithm is two steps: :func:`reconstruct` (classify, noise, denoise: the expensive part) and :func:`changes`
+(re-classify and score, in any feature space or several); :func:`diffood` is the two composed, and a stored
+:class:`RoundTrip` scores exactly as a fresh one. Everything else about running this (micro-batches,
 precision, compilation, batch sizes, caching) is :class:`openood_diffood.DiffOOD`'s.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Hashable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,27 +34,66 @@ import torch.nn.functional as F
 from ..config import DiffOODSettings
 from .features import Classifier
 from .noise import sample_noise
-from .scoring import feature_change
+from .scoring import repeat_changes
 from .solvers import SOLVERS, add_noise, solver_timesteps
+from .solvers import network_evaluations as solver_evaluations
+
+
+#: Settings that change only how round trips are scored, never a reconstruction.
+SCORING_ONLY = ("space", "threshold", "combine")
 
 
 @dataclass
-class BatchResult:
-    """What :func:`diffood` finds for a batch: ``change`` (N,) is the DiffOOD score (higher = more OOD), ``pred``
-    the classifier's prediction, ``logits`` its logits (for ``combine: energy``) and ``reconstructions``
-    (N, R, C, H, W) in [0, 1]."""
+class RoundTrip:
+    """What :func:`reconstruct` finds for a batch of N images: the classifier's ``pred`` and ``logits`` on the
+    inputs, their ``reconstructions`` (N, R, C, H, W) in [0, 1], under ``protocol: official`` the per-repeat
+    ``reference`` (N, R, C, H, W) in [0, 1] they are compared with (None: the input itself), and after
+    :func:`diffood` the score ``change`` (N,) (higher = more OOD)."""
 
-    change: torch.Tensor
     pred: torch.Tensor
     logits: torch.Tensor
     reconstructions: torch.Tensor
+    reference: Optional[torch.Tensor] = None
+    change: Optional[torch.Tensor] = None
+
+    def apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "RoundTrip":
+        """The round trip with ``fn`` applied to each of its tensors (slicing, moving)."""
+        return RoundTrip(**{k: None if v is None else fn(v) for k, v in vars(self).items()})
+
+    @staticmethod
+    def concatenate(trips: Sequence["RoundTrip"]) -> "RoundTrip":
+        """The round trips of several batches as one."""
+        return RoundTrip(**{k: None if v is None else torch.cat([getattr(t, k) for t in trips])
+                            for k, v in vars(trips[0]).items()})
 
 
-def classify(classifier: Classifier, x: torch.Tensor, settings: DiffOODSettings) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(logits, g(x) flattened) of normalized images in the feature space of ``settings``."""
-    if settings.space == "image":
+def classify(classifier: Classifier, x: torch.Tensor, settings: DiffOODSettings,
+             space: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(logits, g(x) flattened) of normalized images in ``space``: default the settings' own, clipped at their
+    threshold; any other space unclipped."""
+    space = space or settings.space
+    if space == "image":
         return classifier(x), settings.normalization.unnormalize(x).flatten(1)
-    return classifier.features(x, settings.space, settings.threshold)
+    return classifier.features(x, space, settings.threshold if space == settings.space else None)
+
+
+def round_trip_settings(settings: DiffOODSettings) -> Dict[str, Any]:
+    """Every setting that changes a reconstruction (all but :data:`SCORING_ONLY`; the normalization resolved)."""
+    return {k: v for k, v in settings.identity().items() if k not in SCORING_ONLY}
+
+
+def network_samples(settings: DiffOODSettings, diffusion) -> int:
+    """Samples per image in each network call: R repeats, times 2 for the conditional + null pair of guidance
+    (one branch at w = 0, at w = 1 and with an unconditional model; see :func:`guided_noise`)."""
+    pair = diffusion.conditional and settings.guidance not in (0.0, 1.0)
+    return settings.repeats * (2 if pair else 1)
+
+
+def network_evaluations(settings: DiffOODSettings, diffusion) -> int:
+    """The cost of a score: network evaluations (one sample through the network each) per image, the solver's
+    evaluations times :func:`network_samples` (0 at timestep 0)."""
+    return solver_evaluations(settings.solver, settings.timestep, settings.stride) * network_samples(settings,
+                                                                                                     diffusion)
 
 
 def guided_noise(diffusion, labels: Optional[torch.Tensor], w: float,
@@ -102,18 +145,16 @@ def official_reference(diffusion, z0: torch.Tensor, eps: torch.Tensor) -> torch.
     return diffusion.decode(a ** 0.5 * z0 + (1.0 - a) ** 0.5 * eps)
 
 
-def diffood(classifier: Classifier, diffusion, x: torch.Tensor, keys: Sequence[Hashable], settings: DiffOODSettings,
-            labels: Optional[torch.Tensor] = None) -> BatchResult:
-    """The DiffOOD score of a batch of normalized images ``x`` (see the module docstring).
-
-    ``keys`` name the images for their noise; ``labels`` replace the predictions as the conditioning classes.
-    """
+def reconstruct(classifier: Classifier, diffusion, x: torch.Tensor, keys: Sequence[Hashable],
+                settings: DiffOODSettings, labels: Optional[torch.Tensor] = None) -> RoundTrip:
+    """The reconstruct step: classify the normalized images ``x``, noise them, denoise them conditioned on the
+    predictions (``labels`` replace them) and map the results back to [0, 1]; under ``protocol: official`` also
+    the official reference. ``keys`` name the images for their noise."""
     norm, n, r = settings.normalization, x.shape[0], settings.repeats
-    logits, feat = classify(classifier, x, settings)                        # classify
+    logits = classifier(x)                                                  # classify
     pred = logits.argmax(1)
     if settings.timestep == 0:                                              # no noise: the input comes back
-        recs = norm.unnormalize(x).unsqueeze(1).expand(n, r, *x.shape[1:])
-        return BatchResult(feature_change(feat, feat.unsqueeze(1).expand(n, r, -1)), pred, logits, recs)
+        return RoundTrip(pred, logits, norm.unnormalize(x).unsqueeze(1).expand(n, r, *x.shape[1:]))
     y = pred if labels is None else labels
     if settings.class_map is not None:
         y = torch.as_tensor(settings.class_map, device=y.device)[y]
@@ -122,12 +163,40 @@ def diffood(classifier: Classifier, diffusion, x: torch.Tensor, keys: Sequence[H
     z0, eps = repeated_latents(diffusion, x0, keys, settings)
     rec = round_trip(diffusion, z0, eps, y if diffusion.conditional else None, settings)   # noise, denoise
     rec01 = (_resized(rec, hw).clamp(-1, 1) + 1) / 2
-    _, rec_feat = classify(classifier, norm.normalize(rec01), settings)    # re-classify
+    ref01 = None
     if settings.protocol == "official":                                    # per-repeat noised reference
         ref01 = (_resized(official_reference(diffusion, z0, eps), hw).clamp(-1, 1) + 1) / 2
-        feat = classify(classifier, norm.normalize(ref01), settings)[1].view(n, r, -1)
-    change = feature_change(feat, rec_feat.view(n, r, -1))                 # score the change
-    return BatchResult(change, pred, logits, rec01.view(n, r, *rec01.shape[1:]))
+        ref01 = ref01.view(n, r, *ref01.shape[1:])
+    return RoundTrip(pred, logits, rec01.view(n, r, *rec01.shape[1:]), ref01)
+
+
+def changes(classifier: Classifier, x: torch.Tensor, trip: RoundTrip, settings: DiffOODSettings,
+            spaces: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
+    """The score step: the per-repeat changes (N, R) || n(g(ref)) - n(g(x_r)) ||_1 of a round trip of the
+    normalized images ``x`` in each of ``spaces`` (default: the settings' space), ref = x, or the round trip's
+    per-repeat reference (``protocol: official``)."""
+    norm, (n, r) = settings.normalization, trip.reconstructions.shape[:2]
+    spaces = list(spaces or [settings.space])
+    if settings.timestep == 0:                                              # the input came back: no change
+        return {sp: torch.zeros(n, r, device=x.device) for sp in spaces}
+    rec = norm.normalize(trip.reconstructions.flatten(0, 1))
+    ref = x if trip.reference is None else norm.normalize(trip.reference.flatten(0, 1))
+    out = {}
+    for sp in spaces:
+        feat = classify(classifier, ref, settings, sp)[1]                  # re-classify, score the change
+        feat = feat if trip.reference is None else feat.view(n, r, -1)
+        out[sp] = repeat_changes(feat, classify(classifier, rec, settings, sp)[1].view(n, r, -1))
+    return out
+
+
+def diffood(classifier: Classifier, diffusion, x: torch.Tensor, keys: Sequence[Hashable], settings: DiffOODSettings,
+            labels: Optional[torch.Tensor] = None) -> RoundTrip:
+    """The DiffOOD score of a batch of normalized images ``x`` (see the module docstring): :func:`reconstruct`,
+    then :func:`changes` averaged over the repeats. ``keys`` name the images for their noise; ``labels`` replace
+    the predictions as the conditioning classes."""
+    trip = reconstruct(classifier, diffusion, x, keys, settings, labels)
+    trip.change = changes(classifier, x, trip, settings)[settings.space].mean(1)
+    return trip
 
 
 def _resized(x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:

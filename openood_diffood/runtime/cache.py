@@ -1,14 +1,15 @@
-"""Score cache: an interrupted run resumes where it stopped, and a finished set is never scored again.
+"""Keyed stores on disk, and the score cache: an interrupted run resumes where it stopped, and a finished set is
+never scored again.
 
-A DiffOOD score is a pure function of the input image's values, the settings and the two models (each image's
-noise derives from its own content, see :mod:`openood_diffood.method.noise`). So the cache maps an image digest
-(its exact input values) to its (score, prediction) under a key that covers everything else:
+Every store (this score cache, ``eval``'s per-set store of the baselines, the benchmarks' round trips) is a
+:class:`KeyedStore`: ``<root>/<digest of key.json>/`` holds ``key.json`` (the key, readable; read back and checked
+when the folder is opened) and ``.npz`` files written atomically, so a killed run leaves only complete files.
 
-``<cache_dir>/<key>/``: ``key.json`` (what the key covers, readable) and one ``unit-<digest>.npz`` per finished
-batch, written atomically (temporary file + ``os.replace``), so a killed run leaves only complete units. The key
-is the engine's :meth:`~openood_diffood.DiffOOD.identity`: every setting, the resolved precision, the package
-version and a content fingerprint of the classifier and of the diffusion model; change any of them and the scores
-go to a fresh directory. Units are named by their images, so any rank, dataset, order or batching finds them.
+A DiffOOD score is a pure function of the image's values, the settings and the two models (each image's noise
+derives from its content), so the score cache keeps (score, prediction) by image digest in one
+``unit-<digest>.npz`` per finished batch (found whatever the rank, dataset, order or batching) under the engine's
+:meth:`~openood_diffood.DiffOOD.identity`: every setting, the resolved precision, the package version and the
+models' fingerprints.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -25,9 +26,11 @@ from torch import nn
 
 from ..hashing import digest, item_digests
 
-#: Bump when the unit file layout changes.
-FORMAT = 1
+#: Bump when the layout of the score cache's units or keys changes (2: the one model fingerprint, issue 20).
+FORMAT = 2
 _SCALARS = (bool, int, float, str, type(None))
+#: Config entries that say where a model was loaded from, not what it computes.
+_LOCATION = ("_name_or_path",)
 
 
 def image_digests(x: torch.Tensor) -> List[str]:
@@ -36,15 +39,16 @@ def image_digests(x: torch.Tensor) -> List[str]:
 
 
 def module_fingerprint(module: nn.Module) -> str:
-    """Content hash of a module: every submodule's public scalar attributes (a null class, a scaling factor) and
-    ``config`` (diffusers models), and the name, dtype, shape and bytes of every parameter and buffer (persistent
+    """Content hash of a model, the one every key uses: every submodule's public scalar attributes (a null class,
+    a scaling factor) and ``config`` (diffusers models; without where the model was loaded from, so a copy
+    elsewhere is the same model), and the name, dtype, shape and bytes of every parameter and buffer (persistent
     or not)."""
     h = hashlib.blake2b(digest_size=16)
     for name, sub in module.named_modules():
         attrs = {k: v for k, v in vars(sub).items() if not k.startswith("_") and isinstance(v, _SCALARS)}
         config = getattr(sub, "config", None)
-        h.update(json.dumps([name, attrs, dict(config) if isinstance(config, Mapping) else None], sort_keys=True,
-                            default=repr).encode())
+        config = {k: v for k, v in config.items() if k not in _LOCATION} if isinstance(config, Mapping) else None
+        h.update(json.dumps([name, attrs, config], sort_keys=True, default=repr).encode())
     for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
@@ -66,28 +70,65 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
         raise
 
 
+class KeyedStore:
+    """``.npz`` files under one key (see the module docstring); ``key`` must be plain JSON data."""
+
+    def __init__(self, root: Union[str, os.PathLike], key: Mapping[str, Any]) -> None:
+        text = json.dumps(key, sort_keys=True, indent=1)
+        self.key: Dict[str, Any] = json.loads(text)
+        self.dir = Path(root) / digest(text.encode())
+        key_file = self.dir / "key.json"
+        if not key_file.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(key_file, lambda f: f.write(text.encode()))
+        elif key_file.read_text() != text:
+            raise ValueError(f"{key_file} does not hold the key its folder is named after (an edited or damaged "
+                             f"store): remove {self.dir}, and its files are computed again")
+
+    @staticmethod
+    def keys(root: Union[str, os.PathLike]) -> List[Dict[str, Any]]:
+        """The key of every store under ``root``."""
+        return [json.loads(p.read_text()) for p in sorted(Path(root).glob("*/key.json"))]
+
+    def path(self, name: str) -> Path:
+        return self.dir / f"{name}.npz"
+
+    def has(self, name: str) -> bool:
+        return self.path(name).exists()
+
+    def names(self, prefix: str = "") -> List[str]:
+        """The names of the stored files that start with ``prefix``, sorted."""
+        return sorted(p.stem for p in self.dir.glob(f"{prefix}*.npz"))
+
+    def load(self, name: str) -> Optional[Dict[str, np.ndarray]]:
+        """The arrays of file ``name``, or None when it is not stored."""
+        if not self.has(name):
+            return None
+        with np.load(self.path(name), allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+
+    def save(self, name: str, arrays: Mapping[str, Any]) -> None:
+        """Write file ``name`` atomically."""
+        atomic_write(self.path(name), lambda f: np.savez(f, **arrays))
+
+
 class ScoreCache:
     """(score, prediction) per image digest under one identity (see the module docstring)."""
 
     def __init__(self, root: Union[str, os.PathLike], identity: Mapping[str, Any]) -> None:
-        text = json.dumps(identity, sort_keys=True, indent=1, default=repr)
-        self.dir = Path(root) / digest(text.encode())
-        self.dir.mkdir(parents=True, exist_ok=True)
-        key_file = self.dir / "key.json"
-        if not key_file.exists():
-            atomic_write(key_file, lambda f: f.write(text.encode()))
+        self._files = KeyedStore(root, identity)
+        self.dir = self._files.dir
         self._entries: Dict[str, Tuple[float, int]] = {}
         self._read: set = set()
         self.refresh()
 
     def refresh(self) -> None:
         """Read the units written since the last refresh (by this or another process)."""
-        for path in sorted(self.dir.glob("unit-*.npz")):
-            if path.name in self._read:
-                continue
-            with np.load(path, allow_pickle=False) as unit:
+        for name in self._files.names("unit-"):
+            if name not in self._read:
+                unit = self._files.load(name)
                 self._entries.update(zip(unit["keys"].tolist(), zip(unit["score"].tolist(), unit["pred"].tolist())))
-            self._read.add(path.name)
+                self._read.add(name)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -106,9 +147,9 @@ class ScoreCache:
         """Write one finished unit atomically and remember it."""
         if not keys:
             return
-        name = f"unit-{digest(''.join(keys).encode())}.npz"
+        name = f"unit-{digest(''.join(keys).encode())}"
         arrays = {"keys": np.array(list(keys)), "score": scores.detach().cpu().float().numpy(),
                   "pred": preds.detach().cpu().long().numpy()}
-        atomic_write(self.dir / name, lambda f: np.savez(f, **arrays))
+        self._files.save(name, arrays)
         self._read.add(name)
         self._entries.update(zip(keys, zip(arrays["score"].tolist(), arrays["pred"].tolist())))

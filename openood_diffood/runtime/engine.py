@@ -7,14 +7,14 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, Hashable, Iterable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Hashable, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from ..config import ConfigError, DiffOODSettings, RunOptions, split_mapping
 from ..method.calibration import Calibration
-from ..method.diffood import BatchResult, classify, diffood
+from ..method.diffood import RoundTrip, classify, diffood, network_samples, reconstruct
 from ..method.features import Classifier, as_classifier
 from ..method.noise import content_keys
 from ..method.scoring import energy_score
@@ -142,14 +142,18 @@ class DiffOOD:
     def identity(self) -> Dict[str, Any]:
         """Everything besides the image that determines a score (the score cache's key). The models' content
         fingerprints are computed once per engine and shared by its :meth:`replace` views."""
-        if not self._fingerprints:
-            self._fingerprints.update(classifier=module_fingerprint(self.classifier.net),
-                                      diffusion=module_fingerprint(self.diffusion))
         identity = {"format": FORMAT, "version": __version__, "settings": self.settings.identity(),
-                    "precision": self.precision, **self._fingerprints}
+                    "precision": self.precision, **self.fingerprints()}
         if self.settings.combine is not None:
             identity["calibration"] = None if self.calibration is None else self.calibration.as_dict()
         return identity
+
+    def fingerprints(self) -> Dict[str, str]:
+        """Content fingerprints of the classifier and the diffusion model (see :meth:`identity`)."""
+        if not self._fingerprints:
+            self._fingerprints.update(classifier=module_fingerprint(self.classifier.net),
+                                      diffusion=module_fingerprint(self.diffusion))
+        return dict(self._fingerprints)
 
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
@@ -180,6 +184,13 @@ class DiffOOD:
         return recs, self._output(results)
 
     @torch.no_grad()
+    def round_trips(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                    keys: Optional[Sequence[Hashable]] = None) -> RoundTrip:
+        """The reconstruct step of every image (micro-batched), on the CPU: what its scores are computed from, in
+        any feature space (:func:`~openood_diffood.method.diffood.changes`)."""
+        return RoundTrip.concatenate([t.apply(torch.Tensor.cpu) for t in self._run(x, labels, keys, reconstruct)])
+
+    @torch.no_grad()
     def calibrate(self, batches: Union[torch.Tensor, Iterable[torch.Tensor]]) -> Calibration:
         """Fit ``combine: energy``'s statistics on ID validation images (a batch or an iterable of batches of
         normalized images) under the current settings."""
@@ -205,7 +216,7 @@ class DiffOOD:
                keys: Optional[Sequence[Hashable]] = None) -> DiffOODOutput:
         return self._output(list(self._run(x, labels, keys)))
 
-    def _output(self, results: Sequence[BatchResult]) -> DiffOODOutput:
+    def _output(self, results: Sequence[RoundTrip]) -> DiffOODOutput:
         change = torch.cat([r.change for r in results])
         if self.settings.combine is not None:
             change = self.calibration.combine(change, torch.cat([energy_score(r.logits) for r in results]))
@@ -223,9 +234,10 @@ class DiffOOD:
             self._cache = ScoreCache(self.options.cache_dir, self.identity())
         return self._cache
 
-    def _run(self, x: torch.Tensor, labels: Optional[torch.Tensor],
-             keys: Optional[Sequence[Hashable]]) -> Iterator[BatchResult]:
-        """Check the inputs, then :func:`diffood` on each micro-batch (trimmed of compile padding)."""
+    def _run(self, x: torch.Tensor, labels: Optional[torch.Tensor], keys: Optional[Sequence[Hashable]],
+             step: Callable[..., RoundTrip] = diffood) -> Iterator[RoundTrip]:
+        """Check the inputs, then ``step`` (:func:`diffood` or its reconstruct step) on each micro-batch, trimmed
+        of compile padding."""
         x = torch.as_tensor(x).float()
         self.check_input(x)
         n = x.shape[0]
@@ -249,9 +261,9 @@ class DiffOOD:
                 xb = torch.cat([xb, xb[-1:].expand(pad, *xb.shape[1:])])
                 yb = None if yb is None else torch.cat([yb, yb[-1:].expand(pad)])
                 kb = kb + kb[-1:] * pad
-            out = diffood(self.classifier, self._execution, xb.to(self.device, non_blocking=True), kb, self.settings,
-                          None if yb is None else yb.to(self.device))
-            yield BatchResult(out.change[:j - i], out.pred[:j - i], out.logits[:j - i], out.reconstructions[:j - i])
+            out = step(self.classifier, self._execution, xb.to(self.device, non_blocking=True), kb, self.settings,
+                       None if yb is None else yb.to(self.device))
+            yield out.apply(lambda v: v[:j - i])
 
     def check_input(self, x: torch.Tensor) -> None:
         """A ValueError naming the problem and the fix when the engine cannot score these normalized images."""
@@ -291,9 +303,9 @@ class DiffOOD:
         return int(self.batch_size)
 
     def _auto_batch_size(self, x: torch.Tensor) -> int:
-        pair = 2 if self.diffusion.conditional and self.settings.guidance not in (0.0, 1.0) else 1
         if self.memory is None:
-            return max(1, AUTO_CPU_SAMPLES_PER_THREAD * torch.get_num_threads() // (self.settings.repeats * pair))
+            return max(1, AUTO_CPU_SAMPLES_PER_THREAD * torch.get_num_threads()
+                       // network_samples(self.settings, self.diffusion))
         probe = self.replace(batch_size=1, compile=False, cache_dir=None, timestep=self.settings.stride,
                              combine=None)
         shape = (1, x.shape[1], x.shape[-2], x.shape[-1])
