@@ -265,3 +265,31 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
+
+
+#: Which shared .npz fills an OpenOOD image list, by the list's file name (lists of other sets keep random images).
+SHARED_SOURCES = (("train_cifar10", "cifar10_train_10k.npz"), ("cifar100", "cifar100_test.npz"),
+                  ("cifar10", "cifar10_test.npz"), ("tin", "tin_val_32.npz"), ("mnist", "mnist_test_32.npz"))
+
+
+def write_openood_data_root_from_shared(root: Path, shared: Path, n_per_list: int = 12, n_fit: int = 60) -> None:
+    """:func:`write_openood_data_root`, then the lists of the sets the shared data holds get its real images (ID
+    lists images of the listed class); the training list gets ``n_fit`` of them."""
+    from PIL import Image
+
+    write_openood_data_root(root, n_per_list)
+    pngs = {p.name: p for p in root.rglob("list*_*.png")}
+    for lst in sorted((root / "benchmark_imglist").rglob("*.txt")):
+        source = next((npz for key, npz in SHARED_SOURCES if key in lst.stem), None)
+        if source is None:
+            continue
+        with np.load(shared / source, allow_pickle=False) as f:
+            images, labels = f["images"], f["labels"]
+        entries = [line.split() for line in lst.read_text().splitlines()]
+        folder = pngs[Path(entries[0][0]).name].parent
+        if "train" in lst.stem:
+            entries = [[f"{Path(entries[0][0]).parent}/{lst.stem}_{i}.png", str(i % 10)] for i in range(n_fit)]
+        for i, (rel, label) in enumerate(entries):
+            pick = np.flatnonzero(labels == int(label))[i] if int(label) >= 0 else i
+            Image.fromarray(images[pick]).save(folder / Path(rel).name)
+        lst.write_text("".join(f"{rel} {label}\n" for rel, label in entries))
