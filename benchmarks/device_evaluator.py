@@ -9,8 +9,8 @@ device, not what the numbers are. Part of ``benchmarks/device_check.sh``; on a C
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,8 +26,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
-    sys.path.insert(0, str(TESTS))
-    from conftest import write_openood_data_root, write_tiny_diffusion  # the tests' OpenOOD layout
+    spec = importlib.util.spec_from_file_location("diffood_test_helpers", TESTS / "conftest.py")
+    helpers = importlib.util.module_from_spec(spec)  # the tests' OpenOOD layout and tiny models
+    spec.loader.exec_module(helpers)
+    write_openood_data_root, write_tiny_diffusion = helpers.write_openood_data_root, helpers.write_tiny_diffusion
 
     import openood_diffood
     from openood_diffood.openood.compat import cuda_calls_stay_put, require_openood

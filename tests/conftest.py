@@ -273,23 +273,23 @@ SHARED_SOURCES = (("train_cifar10", "cifar10_train_10k.npz"), ("cifar100", "cifa
 
 
 def write_openood_data_root_from_shared(root: Path, shared: Path, n_per_list: int = 12, n_fit: int = 60) -> None:
-    """:func:`write_openood_data_root`, then the lists of the sets the shared data holds get its real images (ID
-    lists images of the listed class); the training list gets ``n_fit`` of them."""
-    from PIL import Image
+    """:func:`write_openood_data_root` with the shared data's real images in the lists of the sets it holds (ID lists
+    images of the listed class; the training list ``n_fit`` of them); other lists keep random images."""
+    loaded = {}
 
-    write_openood_data_root(root, n_per_list)
-    pngs = {p.name: p for p in root.rglob("list*_*.png")}
-    for lst in sorted((root / "benchmark_imglist").rglob("*.txt")):
-        source = next((npz for key, npz in SHARED_SOURCES if key in lst.stem), None)
+    def images(imglist_path: str, n: int):
+        stem = Path(imglist_path).stem
+        count = n_fit if "train" in stem else n
+        labels = np.arange(count) % 10
+        source = next((npz for key, npz in SHARED_SOURCES if key in stem), None)
         if source is None:
-            continue
-        with np.load(shared / source, allow_pickle=False) as f:
-            images, labels = f["images"], f["labels"]
-        entries = [line.split() for line in lst.read_text().splitlines()]
-        folder = pngs[Path(entries[0][0]).name].parent
-        if "train" in lst.stem:
-            entries = [[f"{Path(entries[0][0]).parent}/{lst.stem}_{i}.png", str(i % 10)] for i in range(n_fit)]
-        for i, (rel, label) in enumerate(entries):
-            pick = np.flatnonzero(labels == int(label))[i] if int(label) >= 0 else i
-            Image.fromarray(images[pick]).save(folder / Path(rel).name)
-        lst.write_text("".join(f"{rel} {label}\n" for rel, label in entries))
+            rng = np.random.default_rng(len(stem))
+            return rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8), labels
+        if source not in loaded:
+            with np.load(shared / source, allow_pickle=False) as f:
+                loaded[source] = f["images"], f["labels"]
+        pixels, known = loaded[source]
+        picks = [np.flatnonzero(known == label)[i] for i, label in enumerate(labels)]
+        return pixels[picks], labels
+
+    write_openood_data_root(root, n_per_list, images=images)
