@@ -64,7 +64,7 @@ def digits_study(store: RoundTripStore, args) -> Tuple[Study, List[str]]:
 
 def cifar_study(store: RoundTripStore, args) -> Tuple[Study, List[str]]:
     data = data_dir()
-    net, backend = load_models(data)
+    net, backend = load_models(data, diffusion=args.diffusion)
     suite = build_sets(data, net, args.n, args.val_n, 0).suite().limited(args.limit)
     engine = cifar_engine(net, backend, timestep=args.paper[0], guidance=args.paper[1])
     grid = frontier.full_grid(args.strides) if args.cifar_grid == "full" else \
@@ -104,6 +104,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--cifar-strides", type=int_list, default=[20, 100],
                    help="strides of the reduced CIFAR grid (the smallest: the DDIM R = 4 reference)")
     p.add_argument("--cifar-repeats", type=int, default=4, help="R of the reduced CIFAR grid's runs")
+    p.add_argument("--diffusion", help="CIFAR-10 diffusers directory (default: the shared cifar10_cond_unet)")
     p.add_argument("--paper", type=setting, default=PAPER,
                    help="the paper's t,w")
     p.add_argument("--sweep-timesteps", type=int_list, default=list(TIMESTEPS))

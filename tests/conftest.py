@@ -119,6 +119,13 @@ def tiny_diffusion_dir(tmp_path_factory) -> Path:
     return write_tiny_diffusion(tmp_path_factory.mktemp("tiny_diffusion"))
 
 
+@pytest.fixture(scope="session")
+def tiny_cifar10_diffusion(tmp_path_factory) -> Path:
+    """A tiny random class-conditional UNet on CIFAR-10's 32x32 RGB with 10 classes + null: a fast stand-in for the
+    shared reference model where the plumbing, not the numbers, is under test."""
+    return write_tiny_diffusion(tmp_path_factory.mktemp("tiny_cifar10_diffusion"), num_classes=10, sample_size=32)
+
+
 @pytest.fixture()
 def tiny_net() -> nn.Module:
     torch.manual_seed(1)
@@ -272,9 +279,10 @@ SHARED_SOURCES = (("train_cifar10", "cifar10_train_10k.npz"), ("cifar100", "cifa
                   ("cifar10", "cifar10_test.npz"), ("tin", "tin_val_32.npz"), ("mnist", "mnist_test_32.npz"))
 
 
-def write_openood_data_root_from_shared(root: Path, shared: Path, n_per_list: int = 12, n_fit: int = 60) -> None:
+def write_openood_data_root_from_shared(root: Path, shared: Path, n_per_list: int = 12, n_fit: int = 300) -> None:
     """:func:`write_openood_data_root` with the shared data's real images in the lists of the sets it holds (ID lists
-    images of the listed class; the training list ``n_fit`` of them); other lists keep random images."""
+    images of the listed class; the training list ``n_fit`` of them: ViM needs more than its 256 principal
+    dimensions); other lists keep random images."""
     loaded = {}
 
     def images(imglist_path: str, n: int):

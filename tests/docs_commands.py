@@ -34,7 +34,7 @@ PATHS = {
     "cifar10_train_10k.npz": "{data}/cifar10_train_10k.npz",
     "mnist_test_32.npz": "{data}/mnist_test_32.npz",
     "weights/cifar10_resnet18_32x32.pt": "{data}/weights/cifar10_resnet18_32x32.pt",
-    "weights/cifar10_cond_unet": "{data}/weights/cifar10_cond_unet",
+    "weights/cifar10_cond_unet": "{diffusion}",  # a tiny stand-in (tests/test_docs.py's site fixture)
     "best.ckpt": "{ckpt}",
     "res18_cifar10_disc.ckpt": "{ckpt}",
     "my_cifar10_diffusion": "{diffusion}",

@@ -14,9 +14,12 @@ from conftest import REPO
 BASELINES = ("msp", "ebo", "mls", "react", "vim", "knn")
 
 
-def test_benchmark_runs_end_to_end_with_every_method_finite(shared_data, tmp_path):
+def test_benchmark_runs_end_to_end_with_every_method_finite(shared_data, tiny_cifar10_diffusion, tmp_path):
+    """Small, on the shared data and classifier; a tiny random UNet stands in for the reference diffusion model
+    (the plumbing is under test here, the reference model's numbers in benchmarks/results)."""
     out, cache = tmp_path / "results", tmp_path / "cache"
     cmd = [sys.executable, "-m", "benchmarks.cifar10", "--n", "6", "--val-n", "6", "--misclassified", "4",
+           "--diffusion", str(tiny_cifar10_diffusion),
            "--fit-n", "120", "--paper", "40,3", "--sweep-timesteps", "20,40", "--sweep-guidances", "1,3",
            "--out", str(out), "--cache-dir", str(cache), "--tag", "t"]
     env = {"DIFFOOD_DATA": str(shared_data)}

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -56,10 +57,11 @@ def test_every_block_is_classified():
 
 
 @pytest.fixture(scope="module")
-def site(shared_data, tmp_path_factory):
-    """What the commands' placeholders stand for: the shared data and weights, small stand-ins of the paper's
-    checkpoints, and (with OpenOOD) a data root of real images in OpenOOD's layout and OpenOOD's configs with a
-    cheap diffood.yml."""
+def site(shared_data, tiny_cifar10_diffusion, tmp_path_factory):
+    """What the commands' placeholders stand for: the shared data and classifier, small stand-ins of the paper's
+    checkpoints and of the diffusion model (a tiny random 10-class UNet: these tests check that the commands run;
+    the reference model's scores are tested in test_real_data.py and the benchmarks), and (with OpenOOD) a data
+    root of real images in OpenOOD's layout and OpenOOD's configs with a cheap diffood.yml."""
     root = tmp_path_factory.mktemp("docs")
     sources = root / "sources"
     sources.mkdir()
@@ -71,15 +73,28 @@ def site(shared_data, tmp_path_factory):
     _write_ldm(sources)
     world = {"repo": str(REPO), "data": str(shared_data), "ckpt": str(shared_data / "weights" /
                                                                        "cifar10_resnet18_32x32.pt"),
-             "diffusion": str(shared_data / "weights" / "cifar10_cond_unet"), "sources": str(sources)}
+             "diffusion": str(tiny_cifar10_diffusion), "sources": str(sources)}
     checkout = openood_checkout()
     if checkout is not None:
         write_openood_data_root_from_shared(root / "data", shared_data)
+        _write_cifar100_train_folder(root / "data" / "images_classic" / "cifar100" / "train", shared_data)
         shutil.copytree(checkout / "configs", root / "configs")
         cfg = yaml.safe_load(open(config_path("diffood")))
         cfg["postprocessor"]["postprocessor_args"].update(CHEAP)
         (root / "configs" / "postprocessors" / "diffood.yml").write_text(yaml.safe_dump(cfg))
     return {"root": root, "world": world, "openood": checkout is not None}
+
+
+def _write_cifar100_train_folder(folder: Path, shared: Path, classes: int = 3, per_class: int = 4) -> None:
+    """OpenOOD's ``images_classic/cifar100/train/<class>/`` (an ImageFolder), a few real CIFAR-100 images."""
+    from PIL import Image
+
+    with np.load(shared / "cifar100_test.npz", allow_pickle=False) as f:
+        images, labels, names = f["images"], f["labels"], f["classes"]
+    for label in range(classes):
+        (folder / str(names[label])).mkdir(parents=True)
+        for i, index in enumerate(np.flatnonzero(labels == label)[:per_class]):
+            Image.fromarray(images[index]).save(folder / str(names[label]) / f"{i}.png")
 
 
 def _write_iddpm(folder: Path) -> None:

@@ -28,8 +28,11 @@ def test_evaluation_counts_and_grids():
     assert frontier.reduced_grid((20, 50, 100))[1:] == reduced[1:] + [("ddim", 50, 4)]
 
 
-def run_frontier(tmp_path, shared_data, *extra):
+def run_frontier(tmp_path, shared_data, diffusion, *extra):
+    """The frontier, small: 3 images per set; on CIFAR-10 a tiny random UNet stands in for the reference model
+    (the plumbing is under test here, the reference model's numbers in benchmarks/results)."""
     cmd = [sys.executable, "-m", "benchmarks.solver_frontier", "--limit", "3", "--n", "6", "--val-n", "6",
+           "--diffusion", str(diffusion),
            "--strides", "20,40", "--cifar-strides", "20,40", "--paper", "40,3", "--sweep-timesteps", "20,40",
            "--sweep-guidances", "1,3",
            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--tag", "t", *extra]
@@ -39,8 +42,8 @@ def run_frontier(tmp_path, shared_data, *extra):
     return json.loads((tmp_path / "out" / "solver_frontier_t.json").read_text())
 
 
-def test_solver_frontier_runs_end_to_end_with_every_cell_finite(shared_data, tmp_path):
-    payload = run_frontier(tmp_path, shared_data)
+def test_solver_frontier_runs_end_to_end_with_every_cell_finite(shared_data, tiny_cifar10_diffusion, tmp_path):
+    payload = run_frontier(tmp_path, shared_data, tiny_cifar10_diffusion)
     assert set(payload["studies"]) == {"digits", "cifar10"}
     for name, study in payload["studies"].items():
         assert len(study["sweep"]["cells"]) == 4
@@ -60,7 +63,7 @@ def test_solver_frontier_runs_end_to_end_with_every_cell_finite(shared_data, tmp
     assert md.count("Fewest UNet evaluations per image") >= 2 and "## Defaults of diffood.yml" in md
     assert (tmp_path / "out" / "solver_frontier_t.png").stat().st_size > 10_000
     chunks = sorted(p.name for p in (tmp_path / "cache").rglob("chunk-*.npz"))
-    again = run_frontier(tmp_path, shared_data, "--suites", "cifar10")
+    again = run_frontier(tmp_path, shared_data, tiny_cifar10_diffusion, "--suites", "cifar10")
     assert sorted(p.name for p in (tmp_path / "cache").rglob("chunk-*.npz")) == chunks
     assert again["studies"]["cifar10"]["points"] == payload["studies"]["cifar10"]["points"]
 
