@@ -236,10 +236,11 @@ def tiny(tmp_path_factory):
     }
 
 
-def copy_openood_checkout(root: Path, postprocessor_args: dict, sweep: dict, name: str = "diffood") -> Path:
+def copy_openood_checkout(root: Path, postprocessor_args: dict, sweep: dict, name: str = "diffood",
+                          aps: bool = True) -> Path:
     """A copy of the pinned OpenOOD checkout's scripts/ and configs/ at ``root`` (scripts/eval_ood.py reads data/ and
-    configs/ next to itself) whose configs/postprocessors/<name>.yml (the packaged ``name`` config) has APS on over
-    ``sweep`` and ``postprocessor_args`` changed; returns ``root``."""
+    configs/ next to itself) whose configs/postprocessors/<name>.yml (the packaged ``name`` config) has APS on
+    (``aps``) over ``sweep`` and ``postprocessor_args`` changed; returns ``root``."""
     import shutil
 
     import yaml
@@ -252,7 +253,7 @@ def copy_openood_checkout(root: Path, postprocessor_args: dict, sweep: dict, nam
     for folder in ("scripts", "configs"):
         shutil.copytree(checkout / folder, root / folder)
     cfg = yaml.safe_load(open(config_path(name)))
-    cfg["postprocessor"]["APS_mode"] = True
+    cfg["postprocessor"]["APS_mode"] = aps
     cfg["postprocessor"]["postprocessor_args"].update(postprocessor_args)
     cfg["postprocessor"]["postprocessor_sweep"] = sweep
     (root / "configs" / "postprocessors" / f"{name}.yml").write_text(yaml.safe_dump(cfg))
