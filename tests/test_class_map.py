@@ -110,7 +110,7 @@ def test_bad_maps_and_models_are_one_error_in_setup(root, tmp_path):
     with pytest.raises(ConfigError, match=r"class_map ids must lie in 0 \.\. 999"):
         postprocessor(root / "dit", class_map=[1000] * 200).setup(net, loaders, {})
     few = write_tiny_dit(tmp_path / "dit10", classes=10)
-    with pytest.raises(ConfigError, match="200 classes but the diffusion model is conditioned on only 10"):
+    with pytest.raises(ConfigError, match="200 classes but the diffusion model is conditioned on 10, fewer"):
         postprocessor(few).setup(net, loaders, {})
     cifar = write_tiny_diffusion(tmp_path / "cifar", num_classes=3, sample_size=32)
     val = {"val": torch.utils.data.DataLoader(DictDataset(imagenet_images(1), torch.zeros(1)))}

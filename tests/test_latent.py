@@ -237,7 +237,7 @@ def test_openood_imagenet_nets_feature_is_their_return_feature_clipped(name):
 
 def test_a_diffusion_model_with_fewer_classes_than_the_classifier_is_an_error(dit):
     with pytest.raises(ValueError, match="the classifier has 200 classes but the diffusion model is conditioned on "
-                                         "only 10"):
+                                         "10, fewer"):
         DiffOOD(TinyImageNet(200), dit, dataset="imagenet")
 
 
