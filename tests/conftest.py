@@ -162,11 +162,13 @@ class DictDataset(torch.utils.data.Dataset):
         return {"data": self.x[i], "label": int(self.y[i])}
 
 
-def write_openood_data_root(root: Path, n_per_list: int = 3, id_data: str = "cifar10", images=None) -> None:
+def write_openood_data_root(root: Path, n_per_list: int = 3, id_data: str = "cifar10", images=None,
+                            path_of=None) -> None:
     """Every imglist OpenOOD's ``id_data`` benchmark reads, each naming ``n_per_list`` 32x32 PNGs in OpenOOD's layout
     (``<dataset>/<split>/...`` under the list's data_dir; ID and CSID lists labelled, OOD lists -1), and a non-empty
     folder per dataset, so that OpenOOD's Evaluator downloads nothing. ``images(imglist_path, n)`` gives a list's
-    (uint8 n x 32 x 32 x 3 images, labels); default: random pixels, ID labels i % 10."""
+    (uint8 N x H x W x 3 images, labels); default: random pixels, ID labels i % 10. ``path_of(imglist_path, i,
+    label)`` names image i of a list relative to its data_dir (None: the default)."""
     from PIL import Image
 
     from openood_diffood.openood.compat import require_openood
@@ -200,7 +202,8 @@ def write_openood_data_root(root: Path, n_per_list: int = 3, id_data: str = "cif
             pixels, labels = images(e["imglist_path"], n_per_list)
         lines = []
         for i, (pixel, label) in enumerate(zip(pixels, labels)):
-            rel = f"{dataset}/{split}/{lst.parent.name}_{i:04d}.png"
+            rel = (path_of and path_of(e["imglist_path"], i, int(label))) or \
+                f"{dataset}/{split}/{lst.parent.name}_{i:04d}.png"
             (root / e["data_dir"] / rel).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixel).save(root / e["data_dir"] / rel)
             lines.append(f"{rel} {int(label) if is_id else -1}")
@@ -240,10 +243,11 @@ def tiny(tmp_path_factory):
     }
 
 
-def copy_openood_checkout(root: Path, postprocessor_args: dict, sweep: dict) -> Path:
+def copy_openood_checkout(root: Path, postprocessor_args: dict, sweep: dict, name: str = "diffood",
+                          aps: bool = True) -> Path:
     """A copy of the pinned OpenOOD checkout's scripts/ and configs/ at ``root`` (scripts/eval_ood.py reads data/ and
-    configs/ next to itself) whose configs/postprocessors/diffood.yml has APS on over ``sweep`` and
-    ``postprocessor_args`` changed; returns ``root``."""
+    configs/ next to itself) whose configs/postprocessors/<name>.yml (the packaged ``name`` config) has APS on
+    (``aps``) over ``sweep`` and ``postprocessor_args`` changed; returns ``root``."""
     import shutil
 
     import yaml
@@ -255,11 +259,11 @@ def copy_openood_checkout(root: Path, postprocessor_args: dict, sweep: dict) -> 
     assert checkout is not None, "OpenOOD must be installed from its checkout (make test does it)"
     for folder in ("scripts", "configs"):
         shutil.copytree(checkout / folder, root / folder)
-    cfg = yaml.safe_load(open(config_path("diffood")))
-    cfg["postprocessor"]["APS_mode"] = True
+    cfg = yaml.safe_load(open(config_path(name)))
+    cfg["postprocessor"]["APS_mode"] = aps
     cfg["postprocessor"]["postprocessor_args"].update(postprocessor_args)
     cfg["postprocessor"]["postprocessor_sweep"] = sweep
-    (root / "configs" / "postprocessors" / "diffood.yml").write_text(yaml.safe_dump(cfg))
+    (root / "configs" / "postprocessors" / f"{name}.yml").write_text(yaml.safe_dump(cfg))
     return root
 
 

@@ -214,6 +214,33 @@ def test_torchvision_resnet50_penultimate_is_the_clipped_fc_input():
     assert (expected > 0.3).any()  # the clip is active
 
 
+@pytest.mark.parametrize("name", ["ResNet50", "ResNet18_224x224"])
+def test_openood_imagenet_nets_feature_is_their_return_feature_clipped(name):
+    """``space: feature`` on OpenOOD's ImageNet nets: the pooled penultimate feature ``return_feature`` gives, clipped
+    at the config's threshold (what DiffOOD's ImageNet setting compares)."""
+    import yaml
+
+    from openood_diffood.openood.compat import require_openood
+    from openood_diffood.openood.registry import config_path
+
+    args = yaml.safe_load(open(config_path("diffood_imagenet")))["postprocessor"]["postprocessor_args"]
+    torch.manual_seed(0)
+    net = getattr(require_openood("openood.networks"), name)().eval()
+    x = _images(1)
+    with torch.no_grad():
+        logits, feat = Classifier(net).features(x, args["space"], args["threshold"])
+        ref_logits, ref = net(x, return_feature=True)
+    assert feat.shape == (1, net.fc.in_features) and (ref > 0.3).any()  # the clip is active
+    torch.testing.assert_close(feat, ref.clip(max=0.3))
+    torch.testing.assert_close(logits, ref_logits)
+
+
+def test_a_diffusion_model_with_fewer_classes_than_the_classifier_is_an_error(dit):
+    with pytest.raises(ValueError, match="the classifier has 200 classes but the diffusion model is conditioned on "
+                                         "10, fewer"):
+        DiffOOD(TinyImageNet(200), dit, dataset="imagenet")
+
+
 def test_openood_resnet18_224_imagenet200_with_the_class_map(tmp_path):
     from openood_diffood.openood.compat import require_openood
 

@@ -178,6 +178,8 @@ def test_openood_main_pipeline_mode_runs_openood_test_ood(installed, openood_cop
     (["--root", "{runs}", "--postprocessor", "diffood", "--postprocessor.postprocessor_args.timesteps", "3"],
      "unknown postprocessor.postprocessor_args key 'timesteps' \\(did you mean 'timestep'\\?\\)"),
     ([], "nothing to run"),
+    (["--root", "{runs}", "--id-data", "imagenet200", "--postprocessor", "diffood_imagenet"],
+     "lacks .* Evaluator reads for imagenet200 \\(e.g. benchmark_imglist/imagenet200/"),
     (["--id-data", "imagenet"], "evaluates one checkpoint: give --ckpt-path"),
     (["--id-data", "imagenet", "--ckpt-path", "{tmp}/none.pth", "--arch", "swin-t"], "never downloads"),
 ])

@@ -11,11 +11,15 @@ from tqdm import tqdm
 
 from ..config import ENVIRONMENT, ConfigError, DiffOODSettings, check_keys, plain, split_mapping
 from ..method.calibration import Calibration
+from ..method.features import as_classifier
 from ..method.normalization import DATASET_STATS
+from ..models.diffusion import DiffusionBackend
+from ..models.loading import load_diffusion
 from ..runtime.distributed import init_from_env, local_device, rank_and_world, score_loader
 from ..runtime.engine import DiffOOD
 from ..version import __version__
 from .compat import require_openood
+from .imagenet import class_map_from_loaders
 
 BasePostprocessor = require_openood("openood.postprocessors.base_postprocessor").BasePostprocessor
 
@@ -84,9 +88,31 @@ class DiffOODPostprocessor(BasePostprocessor):
         init_from_env()  # under torchrun: join the process group, one GPU per rank
         device = local_device() or next(net.parameters()).device
         diffusion = self.engine.diffusion if self.engine is not None else _resolved(self.options.diffusion)
+        if not isinstance(diffusion, DiffusionBackend):
+            diffusion = load_diffusion(diffusion)
+        self.settings = self._with_class_map(net, diffusion, id_loader_dict)
         self.engine = DiffOOD(net, diffusion, self.settings, self.options.replace(device=str(device)))
+        sample = _first_image(id_loader_dict)
+        if sample is not None:  # e.g. a 32 px model on 224 px crops without resize: said before any scoring
+            self.engine.check_input(sample)
         if isinstance(self.config.postprocessor, dict):  # main.py mode saves the config with the results
             self.config.postprocessor["provenance"] = self.provenance()
+
+    def _with_class_map(self, net: nn.Module, diffusion: DiffusionBackend, id_loaders: Any) -> DiffOODSettings:
+        """The settings with ``class_map`` derived from OpenOOD's ID image lists when the classifier's classes are
+        ImageNet-1K classes but not all of the diffusion model's (ImageNet-200 on DiT); a configured map wins."""
+        classes = as_classifier(net).num_classes
+        if self.settings.class_map is not None or not diffusion.conditional or classes >= diffusion.num_classes:
+            return self.settings  # nothing to map (or too few diffusion classes: the engine says so)
+        dataset = self.config.dataset.get("name") if isinstance(self.config.dataset, dict) else None
+        found = class_map_from_loaders(id_loaders, classes, diffusion.num_classes, dataset)
+        if found is None:
+            return self.settings  # the engine says what is missing
+        class_map, source = found
+        if rank_and_world()[0] == 0:
+            print(f"diffood: class_map: {classes} ID classes mapped to the diffusion model's {diffusion.num_classes} "
+                  f"classes ({source})", flush=True)
+        return self.settings.replace(class_map=class_map)
 
     def provenance(self) -> Dict[str, Any]:
         """What scored, for the results: the diffusion model as resolved (an absolute directory or a hub id), where it
@@ -138,3 +164,16 @@ class DiffOODPostprocessor(BasePostprocessor):
 
     def get_hyperparam(self) -> List[Any]:
         return [getattr(self.settings, SWEEP_KEYS[k]) for k in self.args_dict]
+
+
+def _first_image(id_loaders: Any) -> Optional[torch.Tensor]:
+    """The first image of the ID val (or test) loader's dataset as a batch of one, or None."""
+    for split in ("val", "test"):
+        loader = id_loaders.get(split) if isinstance(id_loaders, dict) else None
+        dataset = getattr(loader, "dataset", None)
+        if dataset is not None and len(dataset):
+            item = dataset[0]
+            data = item.get("data") if isinstance(item, dict) else None
+            if isinstance(data, torch.Tensor) and data.ndim == 3:
+                return data[None]
+    return None

@@ -120,6 +120,11 @@ class DiffOOD:
                               "denoised without its predicted class")
             return
         classes = self.classifier.num_classes
+        if s.class_map is None and classes > d.num_classes:
+            raise ConfigError(f"the classifier has {classes} classes but the diffusion model is conditioned on "
+                              f"{d.num_classes}, fewer: it has no class for some ID classes; use a diffusion model "
+                              "trained on the ID classes or on a superset of them (ImageNet-1K's for ImageNet-200), "
+                              "or give class_map (classifier class i -> diffusion class class_map[i])")
         if s.class_map is not None:
             if len(s.class_map) != classes:
                 raise ConfigError(f"class_map has {len(s.class_map)} entries but the classifier has {classes} "
