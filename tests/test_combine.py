@@ -116,3 +116,8 @@ def test_diffood_knn_config_resolves_by_name_and_names_its_results():
     assert result_name("diffood", postprocessor_config("diffood", None, "cifar10")) == "diffood"
     overridden = postprocessor_config("diffood", None, "cifar10", {"postprocessor.postprocessor_args.combine": "vim"})
     assert result_name("diffood", overridden) == "diffood+vim" and result_name("knn", overridden) == "knn"
+    from openood_diffood.openood.leaderboard import results_name  # eval_ood.py mode: pickles, scores, CSV
+
+    args = argparse.Namespace(postprocessor="diffood_knn", config_root=None, id_data="cifar10")
+    assert results_name(args, {}) == "diffood+knn"
+    assert results_name(args, {"postprocessor.postprocessor_args.combine": None}) == "diffood_knn"
