@@ -121,3 +121,13 @@ def test_diffood_knn_config_resolves_by_name_and_names_its_results():
     args = argparse.Namespace(postprocessor="diffood_knn", config_root=None, id_data="cifar10")
     assert results_name(args, {}) == "diffood+knn"
     assert results_name(args, {"postprocessor.postprocessor_args.combine": None}) == "diffood_knn"
+
+
+def test_the_studys_z_sum_is_the_engines_calibration():
+    from benchmarks.cifar10_choices import z_sum
+
+    rng = np.random.default_rng(0)
+    val = [rng.normal(1, 2, 50), rng.normal(-3, 0.5, 50)]
+    test = [rng.normal(2, 2, 7), rng.normal(-2, 0.5, 7)]
+    by_hand = sum(w * (t - v.mean()) / v.std(ddof=1) for w, t, v in zip((1.0, 3.0), test, val))
+    np.testing.assert_allclose(z_sum(val, weights=(1.0, 3.0))(test), by_hand, rtol=1e-5)
