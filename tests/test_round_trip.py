@@ -29,7 +29,8 @@ def test_scoring_only_settings_leave_the_round_trip_as_it_is(tiny_net, tiny_diff
     keys = content_keys(base.normalization.unnormalize(images))
     with torch.no_grad():
         ref = reconstruct(net, backend, images, keys, base)
-        for other in (base.replace(space="feature", threshold=0.1), base.replace(space="layer1", combine="knn", combine_weight=3.0)):
+        for other in (base.replace(space="feature", threshold=0.1),
+                      base.replace(space="layer1", combine="knn", combine_weight=3.0)):
             trip = reconstruct(net, backend, images, keys, other)
             assert torch.equal(trip.reconstructions, ref.reconstructions) and torch.equal(trip.logits, ref.logits)
         official = reconstruct(net, backend, images, keys, base.replace(protocol="official"))

@@ -148,8 +148,8 @@ CALIBRATION_IMAGES = 1000
 def calibration_batches(bench: Benchmark, batch_size: Union[int, str], seed: int) -> Iterator[torch.Tensor]:
     """Normalized batches of up to CALIBRATION_IMAGES fit-set images (fixed by ``seed``) for ``DiffOOD.calibrate``."""
     if bench.fit is None:
-        raise ValueError("combine and a list of timesteps calibrate on ID images: give --fit-data (ID training images; up to "
-                         f"{CALIBRATION_IMAGES} are used) or leave --combine out")
+        raise ValueError("combine and a list of timesteps calibrate on ID images: give --fit-data (ID training "
+                         f"images; up to {CALIBRATION_IMAGES} are used) or leave --combine out and give one timestep")
     images = bench.fit.limited(CALIBRATION_IMAGES, seed).images
     return normalized_batches(images, bench.normalization, batch_size if isinstance(batch_size, int) else 64)
 
