@@ -2,7 +2,7 @@
 plain change (each candidate fitted on the ID validation images only)."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Mapping, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,16 +26,25 @@ def _per_class_fit(ref: np.ndarray, pred: np.ndarray, classes: int) -> Callable[
     return lambda v, p: (v - mu[p]) / sd
 
 
+def z_sum(val_id: Sequence[np.ndarray], weights: Optional[Sequence[float]] = None,
+          ) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
+    """The package's z-normalised sum (:class:`Calibration`: a list of timesteps, ``combine``) fitted on ID
+    validation columns (one per score: the change at each timestep, then e.g. KNN's score), for the same columns of
+    any set; from stored round trips, as the engine scores ``timestep: [..]`` / ``combine: knn`` (issue 21)."""
+    tensors = lambda cols: [torch.from_numpy(np.asarray(c, dtype=np.float64)) for c in cols]  # noqa: E731
+    cal = Calibration.fit(*tensors(val_id))
+    return lambda cols: cal.combine(*tensors(cols), weights=weights).numpy()
+
+
 def improvement_candidates(val_change: Mapping[str, np.ndarray], val_energy: np.ndarray, val_pred: np.ndarray,
                            classes: int) -> Dict[str, Candidate]:
     """Score functions f(change, energy, pred) fitted on the ID validation set only."""
     c, e = val_change["id"], val_energy
-    z = Calibration.fit(torch.from_numpy(c), torch.from_numpy(e))  # the library's combine: energy
+    z = z_sum([c, e])  # the library's combine: energy
     rc, re_ = _rankfit(c), _rankfit(e)
     per_class = _per_class_fit(c, val_pred, classes)
     return {
-        "change + energy (z on ID val)": lambda ch, en, p: z.combine(torch.from_numpy(ch),
-                                                                     torch.from_numpy(en)).numpy(),
+        "change + energy (z on ID val)": lambda ch, en, p: z([ch, en]),
         "change + energy (rank on ID val)": lambda ch, en, p: rc(ch) + re_(en),
         "change, per-class z (ID val)": lambda ch, en, p: per_class(ch, p),
     }

@@ -24,8 +24,10 @@ SPACES = ("logit", "feature", "image")
 LAYER_SPACE = re.compile(r"^layer(\d+)$")
 SOLVERS = ("ddim", "dpmpp2m", "plms")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-COMBINES = ("energy",)
+#: ``combine``: energy, or a postprocessor's name (knn, vim, ...; checked against those installed at setup).
+COMBINE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 PROTOCOLS = ("package", "official")
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 #: Environment variables that override run options (handy with OpenOOD's unmodified scripts).
 ENVIRONMENT = {"diffusion": "DIFFOOD_DIFFUSION", "cache_dir": "DIFFOOD_CACHE_DIR"}
 
@@ -77,13 +79,9 @@ def _choice(name: str, choices: Iterable[str]) -> Callable[[Any], str]:
 
 def _bool(name: str) -> Callable[[Any], bool]:
     def parse(value: Any) -> bool:
-        if isinstance(value, bool):
-            return value
         text = str(value).lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
+        if isinstance(value, bool) or text in TRUE + FALSE:
+            return value if isinstance(value, bool) else text in TRUE
         raise ConfigError(f"{name} must be true or false, got {value!r}")
     return parse
 
@@ -96,6 +94,28 @@ def _sequence(name: str, kind: Callable[[Any], Any], what: str) -> Callable[[Any
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be a list of {what}, got {value!r}") from None
     return parse
+
+
+def _timestep(value: Any) -> Union[int, Tuple[int, ...]]:
+    """One noise level, or several (a list or ``"100,300"``): distinct, above 0, kept sorted."""
+    items = value.split(",") if isinstance(value, str) and "," in value else value
+    if not isinstance(items, (list, tuple)):
+        return _int("timestep", 0)(items)
+    steps = tuple(sorted(_int("every timestep of a list", 1)(v) for v in items))
+    if not steps or len(set(steps)) != len(steps):
+        raise ConfigError(f"timestep must be one integer or distinct integers ([100, 300], 100,300), got {value!r}")
+    return steps[0] if len(steps) == 1 else steps
+
+
+def timesteps(settings: "DiffOODSettings") -> Tuple[int, ...]:
+    """The settings' noise levels as a tuple (one for a single ``timestep``)."""
+    return settings.timestep if isinstance(settings.timestep, tuple) else (settings.timestep,)
+
+
+def _combine(value: Any) -> str:
+    if not isinstance(value, str) or not COMBINE_NAME.match(value) or value.startswith("diffood"):
+        raise ConfigError(f"combine must be energy or an OpenOOD postprocessor's name (knn, vim, ...), got {value!r}")
+    return value
 
 
 def _space(value: Any) -> str:
@@ -115,29 +135,27 @@ def _batch_size(value: Any) -> Union[int, str]:
     return "auto" if value == "auto" else _int("batch_size", 1)(value)
 
 
+def _path(value: Any) -> Optional[str]:
+    return None if value in (None, "") else os.fspath(value)
+
+
 def _compile(value: Any) -> Union[bool, str, Callable]:
     if callable(value):
         return value  # a torch.compile backend
-    if isinstance(value, bool) or str(value).lower() in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+    if isinstance(value, bool) or str(value).lower() in TRUE + FALSE:
         return _bool("compile")(value)
     return str(value)  # a torch.compile backend name
-
-
-def _path(value: Any) -> Optional[str]:
-    return None if value in (None, "") else os.fspath(value)
 
 
 def option(default: Any, parse: Callable[[Any], Any], help: str, flag: Optional[str] = "",
            metavar: Optional[str] = None, dest: Optional[str] = None) -> Any:
     """A config field: its default, the parser that checks every value, the ``--help`` text, the command-line
     flag (``""``: ``--<name>``; None: no flag) and the flag's argparse ``dest`` (default: the field's name)."""
-    return field(default=default, metadata={"parse": parse, "help": help, "flag": flag, "metavar": metavar,
-                                            "dest": dest})
+    return field(default=default, metadata=dict(parse=parse, help=help, flag=flag, metavar=metavar, dest=dest))
 
 
 def _strict_keywords(cls: type) -> type:
-    """Make the dataclass ``cls``'s constructor name the nearest field for an unknown keyword (a ConfigError, not
-    Python's bare TypeError)."""
+    """Make ``cls``'s constructor name the nearest field for an unknown keyword (a ConfigError, not a TypeError)."""
     init = cls.__init__
 
     @functools.wraps(init)
@@ -182,7 +200,9 @@ class _Strict:
 class DiffOODSettings(_Strict):
     """Every setting that changes a DiffOOD score (defaults: the paper's CIFAR settings)."""
 
-    timestep: int = option(300, _int("timestep", 0), "noise level t in training timesteps (0: no noise, score 0)")
+    timestep: Union[int, Tuple[int, ...]] = option(
+        300, _timestep, "noise level t in training timesteps (0: no noise, score 0), or several (100,300): each "
+                        "one's change z-normalised on ID validation images and summed", metavar="T[,T...]")
     guidance: float = option(3.0, _float("guidance", 0.0),
                              "classifier-free guidance w: eps_null + w (eps_y - eps_null); 1 = conditional only, "
                              "0 = the null class only")
@@ -207,18 +227,21 @@ class DiffOODSettings(_Strict):
                           "resize inputs into the diffusion model's size and back (else a size mismatch is an error)")
     class_map: Optional[Tuple[int, ...]] = option(None, _optional(_sequence("class_map", int, "integers")),
                                                   "diffusion class id for each classifier class", flag=None)
-    combine: Optional[str] = option(None, _optional(_choice("combine", COMBINES)),
-                                    "energy: add the classifier's energy score, both z-normalised on ID validation "
-                                    "images (beyond the paper)")
+    combine: Optional[str] = option(None, _optional(_combine), "energy, or an OpenOOD postprocessor (knn, vim, ...; "
+                                    "fitted on ID training images): add its score, both z-normalised on ID "
+                                    "validation images (beyond the paper)")
+    combine_weight: float = option(1.0, _float("combine_weight", 0.0),
+                                   "weight of the combined score's z-score against DiffOOD's (combine only)")
     protocol: str = option("package", _choice("protocol", PROTOCOLS),
                            "package: the network at each noise level's own timestep, the clean input as reference; "
                            "official: as the released DiffOOD code, the network at label t - 1 for noise level t and "
                            "per-repeat references noised to abar_0")
 
     def _check(self) -> None:
-        if self.timestep and self.stride > self.timestep:
-            raise ConfigError(f"stride {self.stride} is larger than timestep {self.timestep}: no denoising step would "
-                              "run; use a stride <= timestep (paper: stride 20 from t = 300)")
+        for t in timesteps(self):
+            if t and self.stride > t:
+                raise ConfigError(f"stride {self.stride} is larger than timestep {t}: no denoising step would run; "
+                                  "use a stride <= every timestep (paper: stride 20 from t = 300)")
         if self.threshold is not None and self.space != "feature":
             raise ConfigError("threshold (ReAct-style clip) applies to space feature only; drop it or set space: "
                               "feature")

@@ -56,11 +56,12 @@ class DiffOODDetector(Detector):
         return self
 
     def fit(self, data_loader: Any = None) -> "DiffOODDetector":
-        """Nothing to fit for the paper's score; with ``combine='energy'``, calibrate on the loader's ID images
-        (batches of ``(x, y)`` or of ``x``)."""
-        if self.engine.settings.combine is not None:
+        """Nothing to fit for the paper's score; with ``combine`` or a list of timesteps, calibrate on the loader's
+        ID images (batches of ``(x, y)`` or of ``x``; ``combine: knn`` etc. needs ``engine.companion`` set first)."""
+        if self.engine.needs_calibration:
             if data_loader is None:
-                raise ValueError("combine='energy' calibrates on ID validation images: call fit(id_val_loader)")
+                raise ValueError("combine and a list of timesteps calibrate on ID validation images: call "
+                                 "fit(id_val_loader)")
             self.engine.calibrate(b[0] if isinstance(b, (tuple, list)) else b for b in data_loader)
         return self
 

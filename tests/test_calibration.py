@@ -20,7 +20,7 @@ def backend(tiny_diffusion_dir):
 
 def test_calibration_by_hand():
     cal = Calibration.fit(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([-4.0, -2.0, 0.0]))
-    assert (cal.change_mean, cal.change_std, cal.energy_mean, cal.energy_std, cal.count) == (2.0, 1.0, -2.0, 2.0, 3)
+    assert (cal.means, cal.stds, cal.count) == ((2.0, -2.0), (1.0, 2.0), 3)
     torch.testing.assert_close(cal.combine(torch.tensor([4.0, 2.0]), torch.tensor([-2.0, -6.0])),
                                torch.tensor([2.0 + 0.0, 0.0 - 2.0]))
     torch.testing.assert_close(energy_score(torch.tensor([[0.0, 0.0]])), -torch.log(torch.tensor([2.0])))
@@ -28,8 +28,10 @@ def test_calibration_by_hand():
         Calibration.fit(torch.tensor([1.0]), torch.tensor([1.0]))
     with pytest.raises(ValueError, match="zero spread"):
         Calibration.fit(torch.ones(4), torch.arange(4.0))
-    with pytest.raises(ValueError, match="combine must be one of"):
-        DiffOODSettings(combine="knn")
+    with pytest.raises(ValueError, match="combine must be energy or an OpenOOD postprocessor's name"):
+        DiffOODSettings(combine="k nn")
+    with pytest.raises(ValueError, match="combine must be energy"):
+        DiffOODSettings(combine="diffood")
 
 
 def test_engine_combines_on_its_calibration(tiny_net, backend, images):
@@ -43,8 +45,8 @@ def test_engine_combines_on_its_calibration(tiny_net, backend, images):
     change_val, change_test = plain.score(val).score, plain.score(test).score
     cal = engine.calibrate(iter([val[:2], val[2:]]))  # an iterable of batches
     assert cal.count == 5 and engine.calibration is cal
-    assert cal.change_mean == pytest.approx(change_val.double().mean().item(), rel=1e-5)
-    assert cal.energy_std == pytest.approx(energy_val.double().std().item(), rel=1e-5)
+    assert cal.means[0] == pytest.approx(change_val.double().mean().item(), rel=1e-5)
+    assert cal.stds[1] == pytest.approx(energy_val.double().std().item(), rel=1e-5)
     expected = ((change_test - change_val.mean()) / change_val.std()
                 + (energy_test - energy_val.mean()) / energy_val.std())
     torch.testing.assert_close(engine.score(test).score, expected, rtol=1e-4, atol=1e-4)

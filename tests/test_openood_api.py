@@ -247,8 +247,12 @@ def test_leaderboard_writes_provenance_next_to_the_csv(tmp_path):
     saved = json.loads((tmp_path / "ood" / "diffood.json").read_text())
     assert saved == {"postprocessor": "diffood", "runs": {"s0": record, "s1": record}}
     args.postprocessor = "msp"
-    _write(runs, {"s0": None, "s1": None}, str(tmp_path), args, spread=True)
+    msp = [MethodResult("msp", run.rows) for run in runs]
+    assert _write(msp, {"s0": None, "s1": None}, str(tmp_path), args, spread=True).endswith("msp.csv")
     assert not (tmp_path / "ood" / "msp.json").exists()  # nothing to record for a postprocessor without a model
+    args.postprocessor = "diffood_knn"  # the files carry the results' name: what was combined
+    combined = [MethodResult("diffood+knn", run.rows) for run in runs]
+    assert _write(combined, {"s0": record, "s1": record}, str(tmp_path), args, spread=True).endswith("diffood+knn.csv")
 
 
 def _site_packages(venv: Path) -> Path:

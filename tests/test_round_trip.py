@@ -23,13 +23,14 @@ def test_round_trip_key_has_every_field_but_the_scoring_only_ones():
 
 
 def test_scoring_only_settings_leave_the_round_trip_as_it_is(tiny_net, tiny_diffusion_dir, images):
-    """What SCORING_ONLY claims: the space, its threshold and combine never change a reconstruction."""
+    """What SCORING_ONLY claims: the space, its threshold, combine and its weight never change a reconstruction."""
     backend, net = load_diffusion(tiny_diffusion_dir), as_classifier(tiny_net)
     base = DiffOODSettings(timestep=100, stride=50, repeats=2)
     keys = content_keys(base.normalization.unnormalize(images))
     with torch.no_grad():
         ref = reconstruct(net, backend, images, keys, base)
-        for other in (base.replace(space="feature", threshold=0.1), base.replace(space="layer1", combine="energy")):
+        for other in (base.replace(space="feature", threshold=0.1),
+                      base.replace(space="layer1", combine="knn", combine_weight=3.0)):
             trip = reconstruct(net, backend, images, keys, other)
             assert torch.equal(trip.reconstructions, ref.reconstructions) and torch.equal(trip.logits, ref.logits)
         official = reconstruct(net, backend, images, keys, base.replace(protocol="official"))

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 from unittest import mock
 
 import numpy as np
@@ -337,3 +337,12 @@ def make_baselines(names: Sequence[str], classifier: nn.Module, backend: str = "
     """Build several baselines (every name is checked before any is built)."""
     check_baselines(names, backend)
     return [make_baseline(n, classifier, backend, id_name) for n in names]
+
+
+def fitted_scorer(name: str, classifier: nn.Module, batches: Iterable[Batch], id_name: str = "cifar10",
+                  backend: str = "auto") -> Callable[[torch.Tensor], torch.Tensor]:
+    """``combine: <name>``'s score: baseline ``name`` (OpenOOD's postprocessor from its own config, APS off; else
+    pytorch-ood's detector) fitted on the ID training ``(images, labels)`` batches only; returns its per-batch score
+    of normalized images (higher = more OOD)."""
+    baseline = make_baseline(name, classifier, backend, id_name).fit(batches)
+    return lambda x: torch.from_numpy(baseline.score([x], progress=False))

@@ -141,15 +141,15 @@ def normalized_batches(images: np.ndarray, normalization: Normalization, batch_s
         yield normalization.from_uint8(images[i:i + batch_size])
 
 
-#: ID images (from the fit set) that calibrate ``combine: energy`` in the ``eval`` command.
+#: ID images (from the fit set) that calibrate ``combine`` and a list of timesteps in the ``eval`` command.
 CALIBRATION_IMAGES = 1000
 
 
 def calibration_batches(bench: Benchmark, batch_size: Union[int, str], seed: int) -> Iterator[torch.Tensor]:
     """Normalized batches of up to CALIBRATION_IMAGES fit-set images (fixed by ``seed``) for ``DiffOOD.calibrate``."""
     if bench.fit is None:
-        raise ValueError("combine: energy calibrates on ID images: give --fit-data (ID training images; up to "
-                         f"{CALIBRATION_IMAGES} are used) or leave --combine out")
+        raise ValueError("combine and a list of timesteps calibrate on ID images: give --fit-data (ID training "
+                         f"images; up to {CALIBRATION_IMAGES} are used) or leave --combine out and give one timestep")
     images = bench.fit.limited(CALIBRATION_IMAGES, seed).images
     return normalized_batches(images, bench.normalization, batch_size if isinstance(batch_size, int) else 64)
 
@@ -198,7 +198,7 @@ def score_benchmark(net: nn.Module, bench: Benchmark, methods: Sequence[str], *,
         if bench.fit is None:
             return None
         if not shared:
-            shared.append(FitData.extract(net, _fit_batches(bench, batch_size), progress))
+            shared.append(FitData.extract(net, fit_batches(bench, batch_size), progress))
         return shared[0]
 
     for name in methods:
@@ -235,7 +235,8 @@ def score_benchmark(net: nn.Module, bench: Benchmark, methods: Sequence[str], *,
     return scores
 
 
-def _fit_batches(bench: Benchmark, batch_size: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+def fit_batches(bench: Benchmark, batch_size: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """The fit set as ``(normalized images, labels)`` batches."""
     labels = torch.from_numpy(bench.fit.labels).long().split(batch_size)
     return list(zip(normalized_batches(bench.fit.images, bench.normalization, batch_size), labels))
 

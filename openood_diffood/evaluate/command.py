@@ -27,9 +27,9 @@ from ..models.loading import load_diffusion
 from ..openood.compat import DEFAULT_ARCH
 from ..runtime.engine import DiffOOD
 from . import metrics, plots
-from .baselines import BACKENDS, check_baselines
+from .baselines import BACKENDS, check_baselines, fitted_scorer
 from .benchmark import (CALIBRATION_IMAGES, DEFAULT_METHODS, Benchmark, ImageSet, RunScores, calibration_batches,
-                        reconstruction_figure, report, save_scores, score_benchmark)
+                        fit_batches, reconstruction_figure, report, save_scores, score_benchmark)
 from .images import load_images
 from .runners import DIFFOOD, build_runners, check_fit_data
 
@@ -180,21 +180,27 @@ def run_evaluation(args: argparse.Namespace, methods: List[str], bench: Benchmar
         engine.check_input(bench.normalization.from_uint8(bench.id_test.images[:2]))
     runners = build_runners(net, methods, engine, args.baseline_backend, id_name)
     check_fit_data(runners, bench.fit is not None)
-    if engine is not None and settings.combine is not None and bench.fit is None:
-        raise ConfigError(f"combine: energy calibrates on ID images: give --fit-data (ID training images; up to "
-                          f"{CALIBRATION_IMAGES} are used) or leave --combine out")
+    if engine is not None and engine.needs_calibration and bench.fit is None:
+        raise ConfigError(f"combine and a list of timesteps calibrate on ID images: give --fit-data (ID training "
+                          f"images; up to {CALIBRATION_IMAGES} are used) or leave --combine out and give one timestep")
+    if engine is not None and settings.combine not in (None, "energy"):
+        check_baselines([settings.combine], args.baseline_backend)
     results: Dict[str, List[metrics.MethodResult]] = {}
     meta = {**meta, "settings": settings.as_dict(), "device": str(device), "cache_dir": cache,
             "set_sizes": {f"{role}:{s.name}": len(s.images) for role, s in bench.all_sets()}}
 
     def finished(method: str, scores: RunScores) -> None:  # results on disk as each method finishes
         acc = metrics.accuracy(scores.id_pred, scores.id_labels)
-        results[method] = [metrics.method_table(method, scores.id[method], scores.ood[method], acc)]
+        label = f"{DIFFOOD}+{settings.combine}" if method == DIFFOOD and settings.combine else method
+        results[label] = [metrics.method_table(label, scores.id[method], scores.ood[method], acc)]
         meta["run_details"] = {run_name: {"backends": scores.backends, "seconds": scores.seconds}}
         metrics.write_results(out, results, [run_name], meta)
 
     try:
-        if engine is not None and settings.combine is not None:
+        if engine is not None and settings.combine not in (None, "energy"):  # fitted on the whole fit set
+            engine.companion = fitted_scorer(settings.combine, net, fit_batches(bench, args.batch_size), id_name,
+                                             args.baseline_backend)
+        if engine is not None and engine.needs_calibration:  # statistics: the fit set's (ID train) images
             engine.calibrate(calibration_batches(bench, engine.batch_size, settings.seed))
         if "normalization_from" in meta:
             norm = settings.normalization
@@ -290,7 +296,8 @@ def add_run_arguments(p: argparse.ArgumentParser, demo: bool = False) -> None:
     g.add_argument("--save-score", action="store_true", help="write every score to <out>/scores/<run>/<method>.npz")
     g.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.epilog = f"combine: energy calibrates on up to {CALIBRATION_IMAGES} images of the fit set."
+    p.epilog = (f"combine and a list of timesteps z-normalise on up to {CALIBRATION_IMAGES} images of the fit set (ID "
+                "training images: eval has no ID validation set); combine: knn (...) is fitted on the whole fit set.")
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:

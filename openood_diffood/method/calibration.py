@@ -1,47 +1,48 @@
-"""``combine: energy``: the DiffOOD change plus the classifier's energy score, each z-normalised on ID validation.
+"""The one z-normalisation of DiffOOD's sums: several scores, each on its ID-validation scale, added.
 
-The two scores see different things (how far a class-conditional round trip moves the classifier's view, and how
-confident the classifier is in the first place), so their sum, each on its ID-validation scale, separates better
-than either on the shared CIFAR-10 data (benchmarks/results/cifar10_cpu.md). Only ID images are used: the
-statistics come from the ID validation set, never from OOD or test images.
+Used for ``combine`` (the DiffOOD change plus the classifier's energy or another postprocessor's score) and for a
+list of timesteps (the change at each noise level). The scores see different things, so their sum, each on its
+ID-validation scale, can separate better than either (benchmarks/results/cifar10_cpu.md). Only ID images are used:
+the statistics come from ID validation images, never from OOD or test images.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Mean and standard deviation of the change and of the energy score on ID validation images."""
+    """Mean and standard deviation of each score (a column: the change at each timestep, then the combined score)
+    on ID validation images."""
 
-    change_mean: float
-    change_std: float
-    energy_mean: float
-    energy_std: float
+    means: Tuple[float, ...]
+    stds: Tuple[float, ...]
     count: int
 
     @classmethod
-    def fit(cls, change: torch.Tensor, energy: torch.Tensor) -> "Calibration":
-        """Statistics of ID validation scores (at least two images, not all equal)."""
-        change, energy = change.double().flatten(), energy.double().flatten()
-        if change.numel() < 2 or change.shape != energy.shape:
-            raise ValueError(f"calibration needs at least two ID validation images with one change and one energy "
-                             f"each, got {change.numel()} changes and {energy.numel()} energies")
-        stats = cls(change.mean().item(), change.std().item(), energy.mean().item(), energy.std().item(),
-                    change.numel())
-        if not stats.change_std > 0 or not stats.energy_std > 0:
+    def fit(cls, *columns: torch.Tensor) -> "Calibration":
+        """Statistics of ID validation scores, one tensor (N,) per score (at least two images, not all equal)."""
+        cols = [c.double().flatten() for c in columns]
+        if cols[0].numel() < 2 or any(c.shape != cols[0].shape for c in cols):
+            raise ValueError(f"calibration needs at least two ID validation images with one value of every score "
+                             f"each, got {[c.numel() for c in cols]} values")
+        stats = cls(tuple(c.mean().item() for c in cols), tuple(c.std().item() for c in cols), cols[0].numel())
+        if not all(s > 0 for s in stats.stds):
             raise ValueError("the ID validation scores are all equal (zero spread): calibrate on more, and varied, "
                              "ID images")
         return stats
 
-    def combine(self, change: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
-        """z(change) + z(energy) on the ID validation scale (higher = more OOD)."""
-        return ((change.double() - self.change_mean) / self.change_std
-                + (energy.double() - self.energy_mean) / self.energy_std).float()
+    def combine(self, *columns: torch.Tensor, weights: Optional[Sequence[float]] = None) -> torch.Tensor:
+        """sum_k weight_k z_k(column_k) on the ID validation scale (higher = more OOD; weights default 1)."""
+        if len(columns) != len(self.means):
+            raise ValueError(f"{len(columns)} scores for a calibration of {len(self.means)}")
+        weights = weights or (1.0,) * len(columns)
+        total = sum(w * (c.double() - m) / s for c, m, s, w in zip(columns, self.means, self.stds, weights))
+        return total.float()
 
-    def as_dict(self) -> Dict[str, float]:
+    def as_dict(self) -> Dict[str, object]:
         """Plain dict (for cache keys and result files)."""
-        return asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

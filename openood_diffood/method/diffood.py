@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Hashable, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..config import DiffOODSettings
+from ..config import ConfigError, DiffOODSettings, timesteps
 from .features import Classifier
 from .noise import sample_noise
 from .scoring import repeat_changes
@@ -40,7 +40,7 @@ from .solvers import network_evaluations as solver_evaluations
 
 
 #: Settings that change only how round trips are scored, never a reconstruction.
-SCORING_ONLY = ("space", "threshold", "combine")
+SCORING_ONLY = ("space", "threshold", "combine", "combine_weight")
 
 
 @dataclass
@@ -91,9 +91,9 @@ def network_samples(settings: DiffOODSettings, diffusion) -> int:
 
 def network_evaluations(settings: DiffOODSettings, diffusion) -> int:
     """The cost of a score: network evaluations (one sample through the network each) per image, the solver's
-    evaluations times :func:`network_samples` (0 at timestep 0)."""
-    return solver_evaluations(settings.solver, settings.timestep, settings.stride) * network_samples(settings,
-                                                                                                     diffusion)
+    evaluations times :func:`network_samples` (0 at timestep 0), summed over a list of timesteps."""
+    return sum(solver_evaluations(settings.solver, t, settings.stride) for t in timesteps(settings)) \
+        * network_samples(settings, diffusion)
 
 
 def guided_noise(diffusion, labels: Optional[torch.Tensor], w: float,
@@ -150,6 +150,9 @@ def reconstruct(classifier: Classifier, diffusion, x: torch.Tensor, keys: Sequen
     """The reconstruct step: classify the normalized images ``x``, noise them, denoise them conditioned on the
     predictions (``labels`` replace them) and map the results back to [0, 1]; under ``protocol: official`` also
     the official reference. ``keys`` name the images for their noise."""
+    if isinstance(settings.timestep, tuple):
+        raise ConfigError(f"a round trip has one timestep, the settings have {list(settings.timestep)}: reconstruct "
+                          "with settings.replace(timestep=t) for each t")
     norm, n, r = settings.normalization, x.shape[0], settings.repeats
     logits = classifier(x)                                                  # classify
     pred = logits.argmax(1)
@@ -193,7 +196,14 @@ def diffood(classifier: Classifier, diffusion, x: torch.Tensor, keys: Sequence[H
             labels: Optional[torch.Tensor] = None) -> RoundTrip:
     """The DiffOOD score of a batch of normalized images ``x`` (see the module docstring): :func:`reconstruct`,
     then :func:`changes` averaged over the repeats. ``keys`` name the images for their noise; ``labels`` replace
-    the predictions as the conditioning classes."""
+    the predictions as the conditioning classes. With a list of timesteps, one round trip per timestep: ``change``
+    (N, K) holds each one's score (the engine z-normalises and sums them), ``reconstructions`` (N, K * R, ...)."""
+    if isinstance(settings.timestep, tuple):
+        trips = [diffood(classifier, diffusion, x, keys, settings.replace(timestep=t), labels)
+                 for t in settings.timestep]
+        ref = None if trips[0].reference is None else torch.cat([t.reference for t in trips], 1)
+        return RoundTrip(trips[0].pred, trips[0].logits, torch.cat([t.reconstructions for t in trips], 1), ref,
+                         torch.stack([t.change for t in trips], 1))
     trip = reconstruct(classifier, diffusion, x, keys, settings, labels)
     trip.change = changes(classifier, x, trip, settings)[settings.space].mean(1)
     return trip

@@ -25,7 +25,7 @@ import yaml
 from ..config import ConfigError
 from ..evaluate.metrics import MethodResult, format_method_table, write_keeping_previous, write_openood_csv
 from .compat import BENCHMARKS, NETWORKS, require_openood, safe_pickle_load
-from .registry import NAMES, config_file, postprocessor_from_config
+from .registry import NAMES, config_file, postprocessor_config, postprocessor_from_config, result_name
 #: Nets eval_ood.py wraps the backbone in, in its order of checks: (postprocessor names, or a word of --root,
 #: module, class, extra keyword arguments; "feature_size" takes the backbone's).
 _MLP = {"head": "mlp", "feat_dim": 128}
@@ -139,10 +139,11 @@ def evaluate_run(args: argparse.Namespace, folder: str, checkpoint: str, net: to
     """One run folder: eval_ood.py's loop body. Returns OpenOOD's metrics (percent) and, for DiffOOD, the
     postprocessor's provenance (its diffusion model and that model's fingerprint)."""
     Evaluator = require_openood("openood.evaluation_api").Evaluator
-    name = RENAMED.get(args.postprocessor, args.postprocessor)
+    config_name = RENAMED.get(args.postprocessor, args.postprocessor)
+    name = results_name(args, overrides)
     saved = os.path.join(folder, "postprocessors", f"{name}.pkl")
     postprocessor = safe_pickle_load(saved) if os.path.isfile(saved) else \
-        postprocessor_from_config(name, args.config_root, args.id_data, overrides)
+        postprocessor_from_config(config_name, args.config_root, args.id_data, overrides)
     net.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
     net.cuda()
     net.eval()
@@ -165,6 +166,12 @@ def evaluate_run(args: argparse.Namespace, folder: str, checkpoint: str, net: to
             pickle.dump(evaluator.scores, f, pickle.HIGHEST_PROTOCOL)
     provenance = getattr(evaluator.postprocessor, "provenance", None)
     return MethodResult(name, metrics.to_dict(orient="index")), provenance() if callable(provenance) else None
+
+
+def results_name(args: argparse.Namespace, overrides: Mapping[str, Any]) -> str:
+    """The name of the run's files (pickles, scores, CSV): :func:`.registry.result_name` (``diffood+knn``)."""
+    name = RENAMED.get(args.postprocessor, args.postprocessor)
+    return result_name(name, postprocessor_config(name, args.config_root, args.id_data, overrides))
 
 
 def leaderboard(args: argparse.Namespace, overrides: Mapping[str, Any]) -> Optional[str]:
@@ -204,7 +211,7 @@ def _write(runs: Sequence[MethodResult], provenance: Mapping[str, Optional[Dict[
            args: argparse.Namespace, spread: bool) -> Optional[str]:
     """Print the table, or write ``<root>/ood/<name>.csv`` (``fsood/`` with --fsood) and, for DiffOOD, the
     provenance of each run next to it as ``<name>.json``."""
-    name = RENAMED.get(args.postprocessor, args.postprocessor)
+    name = runs[0].method
     if not args.save_csv:
         print(format_method_table(name, runs))
         return None

@@ -10,6 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import ENVIRONMENT, ConfigError, DiffOODSettings, check_keys, plain, split_mapping
+from ..evaluate.baselines import fitted_scorer
 from ..method.calibration import Calibration
 from ..method.features import as_classifier
 from ..method.normalization import DATASET_STATS
@@ -24,7 +25,8 @@ from .imagenet import class_map_from_loaders
 BasePostprocessor = require_openood("openood.postprocessors.base_postprocessor").BasePostprocessor
 
 #: Sweep keys in ``postprocessor_sweep`` and the setting each one drives.
-SWEEP_KEYS = {"timestep_list": "timestep", "guidance_list": "guidance", "repeats_list": "repeats"}
+SWEEP_KEYS = {"timestep_list": "timestep", "guidance_list": "guidance", "repeats_list": "repeats",
+              "combine_weight_list": "combine_weight"}
 #: What pickling keeps (``scripts/eval_ood.py`` pickles the postprocessor after APS): the config, the settings,
 #: the sweep, APS's state and the calibration; never the models or a data loader.
 PICKLED = ("config", "settings", "options", "args_dict", "APS_mode", "hyperparam_search_done", "_calibrated")
@@ -44,7 +46,10 @@ class DiffOODPostprocessor(BasePostprocessor):
 
     ``setup`` puts the net in eval mode and loads the diffusion model named by ``postprocessor_args.diffusion``
     (or ``DIFFOOD_DIFFUSION``); ``postprocess(net, data)`` returns ``(pred, conf)``; ``inference`` runs on the net's
-    device with a progress bar. APS sweeps ``timestep_list``, ``guidance_list`` and ``repeats_list``. A pickled
+    device with a progress bar. APS sweeps ``timestep_list`` (an entry may be a list of timesteps), ``guidance_list``,
+    ``repeats_list`` and ``combine_weight_list``. With ``combine: <postprocessor>`` (knn, vim, ...) ``setup`` builds
+    that postprocessor from OpenOOD's own config and fits it on the ID train loader only; a list of timesteps or
+    ``combine`` calibrates on the ID val loader. Results are named :attr:`result_name` (``diffood+knn``). A pickled
     postprocessor holds its settings only (well under 1 MB); ``setup`` of a reloaded one loads the models again.
     """
 
@@ -64,20 +69,23 @@ class DiffOODPostprocessor(BasePostprocessor):
         self.hyperparam_search_done = False
         self.engine: Optional[DiffOOD] = None
         self.id_val_loader: Any = None
+        self.companion: Any = None
         self._calibrated: Optional[Tuple[DiffOODSettings, Calibration]] = None
 
     def __getstate__(self) -> Dict[str, Any]:
         return {k: self.__dict__[k] for k in PICKLED}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__dict__.update(state, engine=None, id_val_loader=None)
+        self.__dict__.update(state, engine=None, id_val_loader=None, companion=None)
 
     def setup(self, net: nn.Module, id_loader_dict: Any = None, ood_loader_dict: Any = None) -> None:
-        """Bind the classifier and load the diffusion model once (test loaders are never touched; with
-        ``combine: energy`` the ID val loader calibrates the combination)."""
+        """Bind the classifier and load the diffusion model once (test loaders are never touched; with ``combine``
+        or a list of timesteps the ID val loader calibrates the sum; ``combine: <postprocessor>`` fits that
+        postprocessor on the ID train loader)."""
         net.eval()
         if isinstance(id_loader_dict, dict) and id_loader_dict.get("val") is not None:
             self.id_val_loader = id_loader_dict["val"]
+        self._set_up_companion(net, id_loader_dict)
         if self.engine is not None and self.engine.classifier.net is net:
             return
         self.options = self.options.with_environment()  # a reloaded pickle meets today's environment
@@ -114,6 +122,27 @@ class DiffOODPostprocessor(BasePostprocessor):
                   f"classes ({source})", flush=True)
         return self.settings.replace(class_map=class_map)
 
+    @property
+    def result_name(self) -> str:
+        """The name results go under: ``diffood+<combine>`` with ``combine`` (never plain ``diffood``), else the
+        config's name."""
+        name = self.config.postprocessor.name
+        return f"diffood+{self.settings.combine}" if self.settings.combine else name
+
+    def _set_up_companion(self, net: nn.Module, id_loader_dict: Any) -> None:
+        """``combine: <postprocessor>``: that postprocessor as OpenOOD builds it from its own config (APS off),
+        fitted on the ID train loader only (once per net)."""
+        name = self.settings.combine
+        if name in (None, "energy") or (self.companion is not None and self.companion[0] == (name, id(net))):
+            return
+        train = id_loader_dict.get("train") if isinstance(id_loader_dict, dict) else None
+        if train is None:
+            raise ConfigError(f"combine: {name} fits the {name} postprocessor on ID training images: call "
+                              "setup(net, id_loader_dict) with a 'train' loader (OpenOOD's Evaluator does)")
+        dataset = (self.config.dataset or {}).get("name") if isinstance(self.config.dataset, dict) else None
+        scorer = fitted_scorer(name, net, ((b["data"], b["label"]) for b in train), dataset or self.settings.dataset)
+        self.companion = ((name, id(net)), scorer)
+
     def provenance(self) -> Dict[str, Any]:
         """What scored, for the results: the diffusion model as resolved (an absolute directory or a hub id), where it
         was named, its content fingerprint (the score cache's), the package version and the settings (after APS)."""
@@ -131,7 +160,12 @@ class DiffOODPostprocessor(BasePostprocessor):
             self.setup(net)
         if self.engine.settings != self.settings:
             self.engine = self.engine.replace(**self.settings.as_dict())
-        if self.settings.combine is not None and self.engine.calibration is None:
+        if self.settings.combine not in (None, "energy"):
+            if self.companion is None:
+                raise ConfigError(f"combine: {self.settings.combine} is fitted in setup(net, id_loader_dict): call "
+                                  "setup first (OpenOOD's Evaluator does)")
+            self.engine.companion = self.companion[1]
+        if self.engine.needs_calibration and self.engine.calibration is None:
             if self._calibrated is not None and self._calibrated[0] == self.settings:
                 self.engine.calibration = self._calibrated[1]
             else:
@@ -140,8 +174,9 @@ class DiffOODPostprocessor(BasePostprocessor):
 
     def _val_batches(self):
         if self.id_val_loader is None:
-            raise ConfigError(f"combine: {self.settings.combine} needs ID validation images: call setup(net, "
-                              "id_loader_dict) with a 'val' loader (OpenOOD's Evaluator does), or set combine: null")
+            raise ConfigError("combine and a list of timesteps need ID validation images: call setup(net, "
+                              "id_loader_dict) with a 'val' loader (OpenOOD's Evaluator does), or set combine: null "
+                              "and one timestep")
         return (batch["data"] for batch in tqdm(self.id_val_loader, desc="diffood: calibrating on ID val",
                                                 disable=rank_and_world()[0] != 0, leave=False))
 

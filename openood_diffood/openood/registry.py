@@ -22,7 +22,7 @@ from ..config import ConfigError, check_keys
 from .compat import PATCHED_MODULES, on_cpu_without_cuda, require_openood
 
 #: The postprocessor names this package provides, each with its packaged config.
-NAMES = ("diffood", "diffood_imagenet")
+NAMES = ("diffood", "diffood_imagenet", "diffood_knn")
 _MARK = "__openood_diffood__"
 
 
@@ -77,6 +77,15 @@ def postprocessor_config(name: str, config_root: Optional[str], id_name: str,
     for key, value in (overrides or {}).items():
         _set_dotted(config, key, value)
     return config
+
+
+def result_name(name: str, config: Any) -> str:
+    """The name a postprocessor's results go under: ``diffood+<combine>`` for DiffOOD with ``combine`` set (e.g.
+    ``diffood+knn``; never plain ``diffood``), else ``name``."""
+    if name not in NAMES:
+        return name
+    combine = (config.postprocessor.get("postprocessor_args") or {}).get("combine")
+    return f"diffood+{combine}" if combine else name
 
 
 def postprocessor_from_config(name: str, config_root: Optional[str], id_name: str,

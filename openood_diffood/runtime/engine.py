@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Hashable, Iterable, Iterator, Optional, 
 import torch
 from torch import nn
 
-from ..config import ConfigError, DiffOODSettings, RunOptions, split_mapping
+from ..config import ConfigError, DiffOODSettings, RunOptions, split_mapping, timesteps
 from ..method.calibration import Calibration
 from ..method.diffood import RoundTrip, classify, diffood, network_samples, reconstruct
 from ..method.features import Classifier, as_classifier
@@ -77,6 +77,9 @@ class DiffOOD:
         self.memory: Optional[DeviceMemory] = device_memory(self.device)
         self._fingerprints: Dict[str, str] = {}
         self.calibration: Optional[Calibration] = None
+        #: ``combine: <postprocessor>``: that postprocessor's score (N,) of normalized images on the engine's device
+        #: (higher = more OOD), fitted on ID training images (the OpenOOD postprocessor sets it in ``setup``).
+        self.companion: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         self._configure(settings, options)
 
     # ------------------------------------------------------------------ configuration
@@ -87,7 +90,9 @@ class DiffOOD:
         if options.device is not None and _device(options.device, self.classifier) != self.device:
             raise ConfigError(f"the engine runs on {self.device}; build a new DiffOOD for device {options.device}")
         view = copy.copy(self)
-        view.calibration = self.calibration if settings == self.settings else None
+        same = settings.replace(combine_weight=1.0) == self.settings.replace(combine_weight=1.0)
+        view.calibration = self.calibration if same else None  # the weight only weighs the z-scores
+        view.companion = self.companion if settings.combine == self.settings.combine else None
         view._configure(settings, options)
         return view
 
@@ -100,19 +105,19 @@ class DiffOOD:
                                     options.channels_last)
 
     def _check_models(self) -> None:
-        s, d = self.settings, self.diffusion
-        if s.timestep >= d.num_train_timesteps:
-            raise ConfigError(f"timestep {s.timestep} is outside the diffusion model's schedule "
+        s, d, t = self.settings, self.diffusion, max(timesteps(self.settings))
+        if t >= d.num_train_timesteps:
+            raise ConfigError(f"timestep {t} is outside the diffusion model's schedule "
                               f"(0 .. {d.num_train_timesteps - 1}); use a smaller timestep")
-        if d.max_timestep is not None and s.timestep >= d.max_timestep and not self.options.allow_untrained_timestep:
-            raise ConfigError(f"timestep {s.timestep} lies outside what the diffusion model learned: it was trained "
+        if d.max_timestep is not None and t >= d.max_timestep and not self.options.allow_untrained_timestep:
+            raise ConfigError(f"timestep {t} lies outside what the diffusion model learned: it was trained "
                               f"on timesteps below {d.max_timestep} only (its model card records max_timestep "
-                              f"{d.max_timestep}); use timestep < {d.max_timestep}, or allow_untrained_timestep "
+                              f"{d.max_timestep}); use timesteps < {d.max_timestep}, or allow_untrained_timestep "
                               "(--allow-untrained-timestep) to run anyway")
-        if d.max_timestep is None and s.timestep and not getattr(d, "range_unknown_said", False):
+        if d.max_timestep is None and t and not getattr(d, "range_unknown_said", False):
             d.range_unknown_said = True  # once per loaded model
             warnings.warn(f"the diffusion model does not record the timesteps it was trained on (no max_timestep in "
-                          f"its model card): timestep {s.timestep} is used as given, and scores mean little if it "
+                          f"its model card): timestep {t} is used as given, and scores mean little if it "
                           "lies beyond them; record it in README.md's metadata (diffood: {max_timestep: N})")
         if not d.conditional:
             if s.guidance != 1.0:
@@ -149,7 +154,7 @@ class DiffOOD:
         fingerprints are computed once per engine and shared by its :meth:`replace` views."""
         identity = {"format": FORMAT, "version": __version__, "settings": self.settings.identity(),
                     "precision": self.precision, **self.fingerprints()}
-        if self.settings.combine is not None:
+        if self.needs_calibration:
             identity["calibration"] = None if self.calibration is None else self.calibration.as_dict()
         return identity
 
@@ -186,7 +191,7 @@ class DiffOOD:
         self._require_calibration()
         results = list(self._run(x, labels, keys))
         recs = torch.cat([r.reconstructions.cpu() for r in results])
-        return recs, self._output(results)
+        return recs, self._output(x, results)
 
     @torch.no_grad()
     def round_trips(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
@@ -195,18 +200,21 @@ class DiffOOD:
         any feature space (:func:`~openood_diffood.method.diffood.changes`)."""
         return RoundTrip.concatenate([t.apply(torch.Tensor.cpu) for t in self._run(x, labels, keys, reconstruct)])
 
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether the score is a sum of z-scores (``combine``, or a list of timesteps) that needs ID statistics."""
+        return self.settings.combine is not None or isinstance(self.settings.timestep, tuple)
+
     @torch.no_grad()
     def calibrate(self, batches: Union[torch.Tensor, Iterable[torch.Tensor]]) -> Calibration:
-        """Fit ``combine: energy``'s statistics on ID validation images (a batch or an iterable of batches of
-        normalized images) under the current settings."""
-        changes, energies = [], []
-        for x in [batches] if isinstance(batches, torch.Tensor) else batches:
-            for r in self._run(x, None, None):
-                changes.append(r.change.cpu())
-                energies.append(energy_score(r.logits).cpu())
-        if not changes:
+        """Fit the statistics of ``combine`` and of a list of timesteps on ID validation images (a batch or an
+        iterable of batches of normalized images) under the current settings."""
+        self._require_companion()
+        columns = [self._columns(x, list(self._run(x, None, None)))
+                   for x in ([batches] if isinstance(batches, torch.Tensor) else batches)]
+        if not columns:
             raise ValueError("calibrate got no images: pass ID validation images (OpenOOD: the ID 'val' loader)")
-        self.calibration = Calibration.fit(torch.cat(changes), torch.cat(energies))
+        self.calibration = Calibration.fit(*torch.cat(columns).unbind(1))
         self._cache = None  # the cache's key covers the calibration
         return self.calibration
 
@@ -219,20 +227,44 @@ class DiffOOD:
     # ------------------------------------------------------------------ internals
     def _score(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
                keys: Optional[Sequence[Hashable]] = None) -> DiffOODOutput:
-        return self._output(list(self._run(x, labels, keys)))
+        return self._output(x, list(self._run(x, labels, keys)))
 
-    def _output(self, results: Sequence[RoundTrip]) -> DiffOODOutput:
-        change = torch.cat([r.change for r in results])
-        if self.settings.combine is not None:
-            change = self.calibration.combine(change, torch.cat([energy_score(r.logits) for r in results]))
-        return DiffOODOutput(change.cpu(), torch.cat([r.pred for r in results]).cpu())
+    def _columns(self, x: torch.Tensor, results: Sequence[RoundTrip]) -> torch.Tensor:
+        """(N, K) on the CPU: the change at each timestep, then the combined score (energy or the companion's)."""
+        cols = torch.cat([r.change.reshape(r.change.shape[0], -1) for r in results]).cpu()
+        if self.settings.combine == "energy":
+            other = torch.cat([energy_score(r.logits) for r in results])
+        elif self.settings.combine is not None:
+            size, x = self.micro_batch_size(x), torch.as_tensor(x).float()
+            other = torch.cat([self.companion(x[i:i + size].to(self.device)).detach().reshape(-1).cpu()
+                               for i in range(0, x.shape[0], size)])
+        return cols if self.settings.combine is None else torch.cat([cols, other.float().cpu()[:, None]], 1)
+
+    def _output(self, x: torch.Tensor, results: Sequence[RoundTrip]) -> DiffOODOutput:
+        pred = torch.cat([r.pred for r in results]).cpu()
+        if not self.needs_calibration:
+            return DiffOODOutput(torch.cat([r.change for r in results]).cpu(), pred)
+        columns = self._columns(x, results)
+        weights = [1.0] * columns.shape[1]
+        weights[-1] = self.settings.combine_weight if self.settings.combine is not None else 1.0
+        return DiffOODOutput(self.calibration.combine(*columns.unbind(1), weights=weights), pred)
+
+    def _require_companion(self) -> None:
+        if self.settings.combine not in (None, "energy") and self.companion is None:
+            raise ConfigError(
+                f"combine={self.settings.combine!r} adds the {self.settings.combine} postprocessor's score, fitted on "
+                "ID training images: the OpenOOD postprocessor sets it up in setup(); with the engine, set "
+                "engine.companion = openood_diffood.evaluate.baselines.fitted_scorer(name, net, train_batches)")
 
     def _require_calibration(self) -> None:
-        if self.settings.combine is not None and self.calibration is None:
+        self._require_companion()
+        if self.needs_calibration and self.calibration is None:
+            what = f"combine={self.settings.combine!r}" if self.settings.combine else \
+                f"timestep={list(self.settings.timestep)}"
             raise ValueError(
-                f"combine={self.settings.combine!r} needs ID validation statistics for the current settings: call "
+                f"{what} needs ID validation statistics for the current settings: call "
                 "engine.calibrate(id_val_images) first (the OpenOOD postprocessor does it with its ID val loader), "
-                "or set combine=None for the paper's score")
+                "or set combine=None and one timestep for the paper's score")
 
     def _score_cache(self) -> ScoreCache:
         if self._cache is None:
