@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from pytorch_ood.api import Detector, DetectorInfo, Paper, Task
 
+from .errors import ConfigError
 from .config import DiffOODSettings
 from .models.diffusion import DiffusionBackend
 from .runtime.engine import DiffOOD
@@ -36,11 +37,11 @@ class DiffOODDetector(Detector):
                  settings: Optional[DiffOODSettings] = None, **engine_kwargs: Any) -> None:
         if isinstance(classifier_or_engine, DiffOOD):
             if diffusion is not None or settings is not None or engine_kwargs:
-                raise ValueError("pass either a DiffOOD engine alone, or a classifier with a diffusion model")
+                raise ConfigError("pass either a DiffOOD engine alone, or a classifier with a diffusion model")
             self.engine = classifier_or_engine
         else:
             if diffusion is None:
-                raise ValueError("a diffusion model is needed: DiffOODDetector(classifier, '<diffusers dir>')")
+                raise ConfigError("a diffusion model is needed: DiffOODDetector(classifier, '<diffusers dir>')")
             self.engine = DiffOOD(classifier_or_engine, diffusion, settings, **engine_kwargs)
 
     @property
@@ -60,7 +61,7 @@ class DiffOODDetector(Detector):
         (batches of ``(x, y)`` or of ``x``)."""
         if self.engine.settings.combine is not None:
             if data_loader is None:
-                raise ValueError("combine='energy' calibrates on ID validation images: call fit(id_val_loader)")
+                raise ConfigError("combine='energy' calibrates on ID validation images: call fit(id_val_loader)")
             self.engine.calibrate(b[0] if isinstance(b, (tuple, list)) else b for b in data_loader)
         return self
 

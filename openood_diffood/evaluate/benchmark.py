@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..hashing import item_digests
 from ..method.features import as_classifier
 from ..method.normalization import Normalization
@@ -38,12 +39,12 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
-            raise ValueError(f"set {self.name!r}: expected uint8 images (N, H, W, C), got {self.images.dtype} "
-                             f"{self.images.shape}")
+            raise ConfigError(f"set {self.name!r}: expected uint8 images (N, H, W, C), got {self.images.dtype} "
+                              f"{self.images.shape}")
         if len(self.images) == 0:
-            raise ValueError(f"set {self.name!r} has no images")
+            raise ConfigError(f"set {self.name!r} has no images")
         if self.labels is not None and len(self.labels) != len(self.images):
-            raise ValueError(f"set {self.name!r}: {len(self.labels)} labels for {len(self.images)} images")
+            raise ConfigError(f"set {self.name!r}: {len(self.labels)} labels for {len(self.images)} images")
 
     def limited(self, limit: Optional[int], seed: int) -> "ImageSet":
         """A random subset of at most ``limit`` images, fixed by ``seed`` and the set's name (order kept)."""
@@ -109,23 +110,23 @@ class Benchmark:
         shapes = {f"{role}:{s.name}": s.images.shape[1:] for role, s in self.all_sets()}
         if len(set(shapes.values())) > 1:
             listing = ", ".join(f"{k} {h}x{w}x{c}" for k, (h, w, c) in shapes.items())
-            raise ValueError(f"images of mixed sizes ({listing}): resize every set to the classifier's input size "
-                             "(--image-size N)")
+            raise ConfigError(f"images of mixed sizes ({listing}): resize every set to the classifier's input size "
+                              "(--image-size N)")
         channels = shapes[f"id:{self.id_test.name}"][-1]
         if self.normalization.channels != channels:
-            raise ValueError(f"the ID test set {self.id_test.name!r} has {channels} channel(s) but the normalization "
-                             f"{self.normalization.channels} value(s); give {channels}-value --mean/--std for a "
-                             f"classifier trained on such images, or the ID set with the channels the classifier "
-                             f"takes (grey images repeated to RGB)")
+            raise ConfigError(f"the ID test set {self.id_test.name!r} has {channels} channel(s) but the normalization "
+                              f"{self.normalization.channels} value(s); give {channels}-value --mean/--std for a "
+                              f"classifier trained on such images, or the ID set with the channels the classifier "
+                              f"takes (grey images repeated to RGB)")
         for role, s in self.all_sets():
             if role in ("id", "csid", "fit"):
                 if s.labels is None:
-                    raise ValueError(f"{role} set {s.name!r} has no labels; ID sets need class labels")
+                    raise ConfigError(f"{role} set {s.name!r} has no labels; ID sets need class labels")
                 lo, hi = int(s.labels.min()), int(s.labels.max())
                 if lo < 0 or hi >= num_classes:
-                    raise ValueError(f"{role} set {s.name!r} has labels {lo}..{hi} but the classifier has "
-                                     f"{num_classes} classes (0..{num_classes - 1}): use labels in the classifier's "
-                                     "class order, or the classifier trained on these classes")
+                    raise ConfigError(f"{role} set {s.name!r} has labels {lo}..{hi} but the classifier has "
+                                      f"{num_classes} classes (0..{num_classes - 1}): use labels in the classifier's "
+                                      "class order, or the classifier trained on these classes")
         id_hashes = item_digests(self.id_test.images)
         for split, sets in self.ood.items():
             for s in sets:
@@ -148,8 +149,8 @@ CALIBRATION_IMAGES = 1000
 def calibration_batches(bench: Benchmark, batch_size: Union[int, str], seed: int) -> Iterator[torch.Tensor]:
     """Normalized batches of up to CALIBRATION_IMAGES fit-set images (fixed by ``seed``) for ``DiffOOD.calibrate``."""
     if bench.fit is None:
-        raise ValueError("combine: energy calibrates on ID images: give --fit-data (ID training images; up to "
-                         f"{CALIBRATION_IMAGES} are used) or leave --combine out")
+        raise ConfigError("combine: energy calibrates on ID images: give --fit-data (ID training images; up to "
+                          f"{CALIBRATION_IMAGES} are used) or leave --combine out")
     images = bench.fit.limited(CALIBRATION_IMAGES, seed).images
     return normalized_batches(images, bench.normalization, batch_size if isinstance(batch_size, int) else 64)
 

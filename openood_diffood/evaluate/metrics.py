@@ -25,6 +25,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 from sklearn import metrics as skm
 
+from ..errors import ConfigError
 from .tables import format_table
 
 METRICS = ("FPR@95", "AUROC", "AUPR_IN", "AUPR_OUT")
@@ -35,9 +36,9 @@ SPLITS = ("near", "far")
 def _check_scores(name: str, score: np.ndarray) -> np.ndarray:
     score = np.asarray(score, dtype=np.float64).ravel()
     if score.size == 0:
-        raise ValueError(f"{name}: no scores (the set is empty)")
+        raise ConfigError(f"{name}: no scores (the set is empty)")
     if not np.isfinite(score).all():
-        raise ValueError(f"{name}: {int((~np.isfinite(score)).sum())} scores are NaN or inf")
+        raise ConfigError(f"{name}: {int((~np.isfinite(score)).sum())} scores are NaN or inf")
     return score
 
 
@@ -61,7 +62,7 @@ def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of correct predictions."""
     pred, labels = np.asarray(pred).ravel(), np.asarray(labels).ravel()
     if pred.shape != labels.shape or pred.size == 0:
-        raise ValueError(f"accuracy needs as many predictions as labels (got {pred.size} and {labels.size})")
+        raise ConfigError(f"accuracy needs as many predictions as labels (got {pred.size} and {labels.size})")
     return float((pred == labels).mean())
 
 
@@ -94,7 +95,7 @@ def method_table(method: str, id_score: np.ndarray, ood_scores: Mapping[str, Map
             rows[f"{split}ood"] = {k: float(np.mean([m[k] for m in per_set])) for k in COLUMNS}
             splits[f"{split}ood"] = split
     if not rows:
-        raise ValueError("no OOD sets to evaluate: give at least one near or far OOD set")
+        raise ConfigError("no OOD sets to evaluate: give at least one near or far OOD set")
     return MethodResult(method, rows, splits)
 
 

@@ -12,6 +12,8 @@ from typing import Dict
 
 import torch
 
+from ..errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -28,13 +30,13 @@ class Calibration:
         """Statistics of ID validation scores (at least two images, not all equal)."""
         change, energy = change.double().flatten(), energy.double().flatten()
         if change.numel() < 2 or change.shape != energy.shape:
-            raise ValueError(f"calibration needs at least two ID validation images with one change and one energy "
-                             f"each, got {change.numel()} changes and {energy.numel()} energies")
+            raise ConfigError(f"calibration needs at least two ID validation images with one change and one energy "
+                              f"each, got {change.numel()} changes and {energy.numel()} energies")
         stats = cls(change.mean().item(), change.std().item(), energy.mean().item(), energy.std().item(),
                     change.numel())
         if not stats.change_std > 0 or not stats.energy_std > 0:
-            raise ValueError("the ID validation scores are all equal (zero spread): calibrate on more, and varied, "
-                             "ID images")
+            raise ConfigError("the ID validation scores are all equal (zero spread): calibrate on more, and varied, "
+                              "ID images")
         return stats
 
     def combine(self, change: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
+from ..errors import ConfigError
+
 #: The metadata key holding the facts.
 FACTS_KEY = "diffood"
 _PROSE_MAX_TIMESTEP = re.compile(r"^\|\s*max_timestep\s*\|\s*`?(\d+)`?\s*\|", re.M)
@@ -45,12 +47,12 @@ def read_facts(model_dir: str) -> ModelFacts:
 
         facts = ModelCard.load(path).data.to_dict().get(FACTS_KEY) or {}
         if not isinstance(facts, dict):
-            raise ValueError(f"{path}: metadata '{FACTS_KEY}' must be a mapping (max_timestep, null_class), got "
-                             f"{facts!r}; fix the model card")
+            raise ConfigError(f"{path}: metadata '{FACTS_KEY}' must be a mapping (max_timestep, null_class), got "
+                              f"{facts!r}; fix the model card")
     if "max_timestep" not in facts and (match := _PROSE_MAX_TIMESTEP.search(text)):
         facts = {**facts, "max_timestep": match.group(1)}
     try:
         return ModelFacts(**{f.name: None if facts.get(f.name) is None else int(facts[f.name])
                              for f in dataclasses.fields(ModelFacts)})
     except ValueError:
-        raise ValueError(f"{path}: metadata '{FACTS_KEY}' holds a non-integer ({facts}); fix the model card") from None
+        raise ConfigError(f"{path}: metadata '{FACTS_KEY}' holds a non-integer ({facts}); fix the model card") from None

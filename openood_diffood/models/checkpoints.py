@@ -7,6 +7,8 @@ from typing import Dict, Union
 
 import torch
 
+from ..errors import ConfigError, MissingFileError
+
 #: Keys under which common training scripts nest the state dict.
 NESTED_KEYS = ("state_dict", "model", "net")
 
@@ -16,7 +18,7 @@ def load_state_dict_file(path: Union[str, os.PathLike]) -> Dict[str, torch.Tenso
     ``state_dict`` / ``model`` / ``net`` entry and DataParallel's ``module.`` prefix."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist; check the path")
+        raise MissingFileError(f"checkpoint {path!r} does not exist; check the path")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -25,16 +27,16 @@ def load_state_dict_file(path: Union[str, os.PathLike]) -> Dict[str, torch.Tenso
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
-            raise ValueError(
+            raise ConfigError(
                 f"checkpoint {path!r} holds pickled Python objects besides tensors, so it was not loaded (loading "
                 "it could run code); save the weights alone with torch.save(model.state_dict(), path) or "
                 "safetensors and pass that file") from None
         except (RuntimeError, EOFError) as exc:
-            raise ValueError(f"checkpoint {path!r} is not a torch checkpoint ({exc}); pass a .pt/.pth/.ckpt state "
-                             "dict or a .safetensors file") from None
+            raise ConfigError(f"checkpoint {path!r} is not a torch checkpoint ({exc}); pass a .pt/.pth/.ckpt state "
+                              "dict or a .safetensors file") from None
     for key in NESTED_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"checkpoint {path!r} does not hold a state dict of tensors; save model.state_dict()")
+        raise ConfigError(f"checkpoint {path!r} does not hold a state dict of tensors; save model.state_dict()")
     return {k.removeprefix("module."): v for k, v in state.items()}

@@ -6,6 +6,8 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class DiffusionBackend(nn.Module):
     """A noise-prediction network with its training noise schedule.
@@ -66,7 +68,7 @@ def resolve_null_class(num_embeds: int, null_class: Optional[int]) -> Tuple[int,
     num_classes = num_embeds - 1
     null_class = num_classes if null_class is None else int(null_class)
     if not 0 <= null_class < num_embeds:
-        raise ValueError(f"null class {null_class} outside the model's {num_embeds} class embeddings")
+        raise ConfigError(f"null class {null_class} outside the model's {num_embeds} class embeddings")
     return num_classes, null_class
 
 
@@ -76,8 +78,8 @@ def learned_sigma_eps(out: torch.Tensor, in_channels: int) -> torch.Tensor:
     if out.shape[1] == 2 * in_channels:
         return out[:, :in_channels]
     if out.shape[1] != in_channels:
-        raise ValueError(f"the denoiser returns {out.shape[1]} channels for {in_channels} input channels; expected "
-                         f"{in_channels} (epsilon) or {2 * in_channels} (epsilon + learned sigma)")
+        raise ConfigError(f"the denoiser returns {out.shape[1]} channels for {in_channels} input channels; expected "
+                          f"{in_channels} (epsilon) or {2 * in_channels} (epsilon + learned sigma)")
     return out
 
 

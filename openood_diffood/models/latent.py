@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .diffusion import DiffusionBackend, learned_sigma_eps, resolve_null_class
 
 
@@ -32,8 +33,8 @@ class DiTDenoiser(DiffusionBackend):
                  null_class: Optional[int] = None) -> None:
         classes = transformer.config.num_embeds_ada_norm
         if classes is None:
-            raise ValueError("the DiT transformer has no class embedding (num_embeds_ada_norm is None); DiffOOD "
-                             "needs a class-conditional DiT such as facebook/DiT-XL-2-256")
+            raise ConfigError("the DiT transformer has no class embedding (num_embeds_ada_norm is None); DiffOOD "
+                              "needs a class-conditional DiT such as facebook/DiT-XL-2-256")
         num_classes, null_class = resolve_null_class(classes + 1, null_class)
         super().__init__(alphas_cumprod, num_classes, null_class, transformer.config.sample_size)
         self.transformer = transformer.eval().requires_grad_(False)

@@ -15,6 +15,8 @@ import types
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
+from ..errors import ConfigError, MissingPackageError
+
 INSTALL_HINT = (
     "OpenOOD v1.5 is not on PyPI; install it from its git repository: "
     "`git clone https://github.com/Jingkang50/OpenOOD && pip install -e OpenOOD` "
@@ -76,8 +78,9 @@ def require_openood(module: str = "openood") -> types.ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         if exc.name is not None and exc.name.split(".")[0] != "openood":
-            raise  # OpenOOD is there but one of its own dependencies is missing: show that error
-        raise ImportError(f"{module} is needed here. {INSTALL_HINT}") from exc
+            raise MissingPackageError(f"OpenOOD is installed but cannot import {exc.name} ({exc}); install "
+                                      f"{exc.name.split('.')[0]}") from exc
+        raise MissingPackageError(f"{module} is needed here. {INSTALL_HINT}") from exc
 
 
 def openood_available() -> bool:
@@ -175,5 +178,5 @@ def safe_pickle_load(path: str) -> Any:
         try:
             return _LeaderboardUnpickler(f).load()
         except pickle.UnpicklingError as exc:
-            raise ValueError(f"{path} references {exc}, which this command does not unpickle (it could run code); "
-                             "delete the file and it is computed again") from None
+            raise ConfigError(f"{path} references {exc}, which this command does not unpickle (it could run code); "
+                              "delete the file and it is computed again") from None

@@ -12,6 +12,8 @@ import os
 import re
 from typing import Dict, List, Sequence, Union
 
+from ..errors import ConfigError, MissingFileError
+
 _WNID = re.compile(r"(?:^|/)(n\d{8})(?=/|_)")
 _SPLITS = ("test", "val", "train")
 
@@ -30,7 +32,7 @@ def imglist_wnid_labels(paths: Sequence[Union[str, os.PathLike]]) -> Dict[str, i
                     continue
                 wnid, label = match.group(1), int(parts[1])
                 if labels.setdefault(wnid, label) != label:
-                    raise ValueError(f"{path}:{line_no}: {wnid} has label {label} here but {labels[wnid]} earlier")
+                    raise ConfigError(f"{path}:{line_no}: {wnid} has label {label} here but {labels[wnid]} earlier")
     return labels
 
 
@@ -39,7 +41,7 @@ def _lists(data_root: str, benchmark: str) -> List[str]:
     paths = [os.path.join(folder, f"{split}_{benchmark}.txt") for split in _SPLITS]
     found = [p for p in paths if os.path.isfile(p)]
     if not found:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no OpenOOD image list for {benchmark} under {folder!r} (looked for "
             f"{', '.join(os.path.basename(p) for p in paths)}); pass the data_root you give OpenOOD's Evaluator "
             "(it downloads benchmark_imglist/ there on first use)")
@@ -59,10 +61,10 @@ def imagenet200_class_map(data_root: Union[str, os.PathLike] = "./data") -> List
     by_label = {label: wnid for wnid, label in sub.items()}
     absent = sorted(set(range(200)) - set(by_label))
     if absent or len(by_label) != 200:
-        raise ValueError(f"the ImageNet-200 image lists under {root!r} name WordNet ids for {len(by_label)} labels, "
-                         f"not the 200 labels 0..199 (missing e.g. {absent[:5]}); are the lists complete?")
+        raise ConfigError(f"the ImageNet-200 image lists under {root!r} name WordNet ids for {len(by_label)} labels, "
+                          f"not the 200 labels 0..199 (missing e.g. {absent[:5]}); are the lists complete?")
     unknown = sorted(w for w in sub if w not in full)
     if unknown:
-        raise ValueError(f"ImageNet-200 classes {unknown[:5]} do not occur in the ImageNet-1K image lists "
-                         f"under {root!r}")
+        raise ConfigError(f"ImageNet-200 classes {unknown[:5]} do not occur in the ImageNet-1K image lists "
+                          f"under {root!r}")
     return [full[by_label[i]] for i in range(200)]

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 
 import yaml
 
-from ..config import ConfigError
+from ..errors import ConfigError, report_errors
 from . import leaderboard
 from .compat import cuda_calls_stay_put, openood_checkout, require_openood
 from .registry import NAMES, config_file, postprocessor_config, register
@@ -145,18 +145,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     dotted = override_pairs(extra, parser)
-    try:
-        register()
-        if args.config:
-            if args.root or args.ckpt_path:
-                raise ConfigError("give --config (main.py mode) or --root / --ckpt-path (eval_ood.py mode), not both")
-            run_pipeline(args, dotted)
-        elif args.root or args.ckpt_path or args.id_data == "imagenet":
-            run_leaderboard(args, dotted)
-        else:
-            raise ConfigError("nothing to run: give --config A.yml ... (main.py mode) or --root RUNS (eval_ood.py "
-                              "mode); see --help")
-    except (ValueError, OSError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return report_errors(_run, args, dotted)
+
+
+def _run(args: argparse.Namespace, dotted: List[str]) -> None:
+    """The mode the arguments ask for."""
+    register()
+    if args.config:
+        if args.root or args.ckpt_path:
+            raise ConfigError("give --config (main.py mode) or --root / --ckpt-path (eval_ood.py mode), not both")
+        run_pipeline(args, dotted)
+    elif args.root or args.ckpt_path or args.id_data == "imagenet":
+        run_leaderboard(args, dotted)
+    else:
+        raise ConfigError("nothing to run: give --config A.yml ... (main.py mode) or --root RUNS (eval_ood.py "
+                          "mode); see --help")

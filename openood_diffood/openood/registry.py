@@ -29,7 +29,7 @@ _MARK = "__openood_diffood__"
 def config_path(name: str = "diffood") -> str:
     """Path of a packaged postprocessor config (``configs/postprocessors/<name>.yml``)."""
     if name not in NAMES:
-        raise ValueError(f"unknown DiffOOD config {name!r}; known: {NAMES}")
+        raise ConfigError(f"unknown DiffOOD config {name!r}; known: {NAMES}")
     return str(resources.files("openood_diffood") / "configs" / "postprocessors" / f"{name}.yml")
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..hashing import digest, item_digests
 
 #: Bump when the layout of the score cache's units or keys changes (2: the one model fingerprint, issue 20).
@@ -82,8 +83,8 @@ class KeyedStore:
             self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write(key_file, lambda f: f.write(text.encode()))
         elif key_file.read_text() != text:
-            raise ValueError(f"{key_file} does not hold the key its folder is named after (an edited or damaged "
-                             f"store): remove {self.dir}, and its files are computed again")
+            raise ConfigError(f"{key_file} does not hold the key its folder is named after (an edited or damaged "
+                              f"store): remove {self.dir}, and its files are computed again")
 
     @staticmethod
     def keys(root: Union[str, os.PathLike]) -> List[Dict[str, Any]]:

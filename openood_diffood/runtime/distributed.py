@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, SequentialSampler, Subset
 from tqdm import tqdm
 
+from ..errors import ConfigError
 from .engine import DiffOOD, DiffOODOutput
 
 T = TypeVar("T")
@@ -106,14 +107,14 @@ def score_loader(engine: DiffOOD, loader: Any, progress: bool = True) -> Tuple[n
         parts.append((order, (out.score.numpy(), out.pred.numpy(), np.asarray(batch["label"]))))
     parts = gather_ordered(parts)
     if not parts:
-        raise ValueError("empty data loader: there are no images to score")
+        raise ConfigError("empty data loader: there are no images to score")
     return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
 
 
 def _first_images(loader: DataLoader) -> torch.Tensor:
     """A one-image batch of a map-style loader (sizes ``batch_size="auto"`` before the loader is re-batched)."""
     if len(loader.dataset) == 0:
-        raise ValueError("empty data loader: there are no images to score")
+        raise ConfigError("empty data loader: there are no images to score")
     return torch.as_tensor(loader.collate_fn([loader.dataset[0]])["data"])
 
 

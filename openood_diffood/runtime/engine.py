@@ -200,7 +200,7 @@ class DiffOOD:
                 changes.append(r.change.cpu())
                 energies.append(energy_score(r.logits).cpu())
         if not changes:
-            raise ValueError("calibrate got no images: pass ID validation images (OpenOOD: the ID 'val' loader)")
+            raise ConfigError("calibrate got no images: pass ID validation images (OpenOOD: the ID 'val' loader)")
         self.calibration = Calibration.fit(torch.cat(changes), torch.cat(energies))
         self._cache = None  # the cache's key covers the calibration
         return self.calibration
@@ -224,7 +224,7 @@ class DiffOOD:
 
     def _require_calibration(self) -> None:
         if self.settings.combine is not None and self.calibration is None:
-            raise ValueError(
+            raise ConfigError(
                 f"combine={self.settings.combine!r} needs ID validation statistics for the current settings: call "
                 "engine.calibrate(id_val_images) first (the OpenOOD postprocessor does it with its ID val loader), "
                 "or set combine=None for the paper's score")
@@ -244,14 +244,14 @@ class DiffOOD:
         if labels is not None:
             labels = torch.as_tensor(labels).long().flatten()
             if labels.shape[0] != n:
-                raise ValueError(f"{labels.shape[0]} labels for {n} images")
+                raise ConfigError(f"{labels.shape[0]} labels for {n} images")
             if labels.min() < 0 or labels.max() >= self.classifier.num_classes:
-                raise ValueError(f"labels must lie in 0 .. {self.classifier.num_classes - 1} (the classifier's "
-                                 f"classes), got {labels.min().item()} .. {labels.max().item()}")
+                raise ConfigError(f"labels must lie in 0 .. {self.classifier.num_classes - 1} (the classifier's "
+                                  f"classes), got {labels.min().item()} .. {labels.max().item()}")
         if keys is None:
             keys = content_keys(self.settings.normalization.unnormalize(x))
         elif len(keys) != n:
-            raise ValueError(f"{len(keys)} keys for {n} images")
+            raise ConfigError(f"{len(keys)} keys for {n} images")
         size = self.micro_batch_size(x)
         for i in range(0, n, size):
             j = min(i + size, n)
@@ -268,26 +268,26 @@ class DiffOOD:
     def check_input(self, x: torch.Tensor) -> None:
         """A ValueError naming the problem and the fix when the engine cannot score these normalized images."""
         if x.ndim != 4:
-            raise ValueError(f"expected a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
+            raise ConfigError(f"expected a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
         if x.shape[0] == 0:
-            raise ValueError("empty batch: there are no images to score")
+            raise ConfigError("empty batch: there are no images to score")
         norm, d = self.settings.normalization, self.diffusion
         if x.shape[1] != norm.channels or x.shape[1] != d.channels:
-            raise ValueError(f"the images have {x.shape[1]} channels, the normalization (mean/std) {norm.channels} "
-                             f"and the diffusion model {d.channels}: give images with the channels the models were "
-                             "trained on (grey -> RGB: repeat the channel) and mean/std with one value per channel")
+            raise ConfigError(f"the images have {x.shape[1]} channels, the normalization (mean/std) {norm.channels} "
+                              f"and the diffusion model {d.channels}: give images with the channels the models were "
+                              "trained on (grey -> RGB: repeat the channel) and mean/std with one value per channel")
         if not torch.isfinite(x).all():
             bad = (~torch.isfinite(x.flatten(1))).any(1).nonzero().flatten().tolist()
-            raise ValueError(f"input contains NaN or inf values (images {bad[:10]}); clean the data first")
+            raise ConfigError(f"input contains NaN or inf values (images {bad[:10]}); clean the data first")
         size = d.sample_size
         if tuple(x.shape[-2:]) != (size, size) and not self.settings.resize:
-            raise ValueError(f"images are {x.shape[-2]}x{x.shape[-1]} but the diffusion model works at {size}x{size}:"
-                             f" resize the inputs to {size}x{size} or set resize (--resize; bilinear into the "
-                             "model's size and back)")
+            raise ConfigError(f"images are {x.shape[-2]}x{x.shape[-1]} but the diffusion model works at {size}x{size}:"
+                              f" resize the inputs to {size}x{size} or set resize (--resize; bilinear into the "
+                              "model's size and back)")
         x01 = norm.unnormalize(x)
         lo, hi = float(x01.min()), float(x01.max())
         if lo < -0.5 or hi > 1.5:
-            raise ValueError(
+            raise ConfigError(
                 f"after undoing the normalization (mean={norm.mean}, std={norm.std}) the images span "
                 f"[{lo:.2f}, {hi:.2f}], far outside [0, 1]: pass images normalized with the ID dataset's mean/std "
                 "(as OpenOOD does), or set dataset / mean / std to match your preprocessing")

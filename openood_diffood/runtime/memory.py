@@ -14,6 +14,8 @@ from typing import Callable, Mapping, Optional, Protocol, Sequence
 
 import torch
 
+from ..errors import ConfigError
+
 
 def fit_batch_size(peaks: Mapping[int, int], budget_bytes: int) -> int:
     """Largest batch size whose peak, extrapolated linearly from ``{batch size: peak bytes}``, fits the budget."""
@@ -24,7 +26,7 @@ def fit_batch_size(peaks: Mapping[int, int], budget_bytes: int) -> int:
     base = p_lo - per_image * n_lo
     batch = math.floor((budget_bytes - base) / per_image)
     if batch < 1:
-        raise ValueError(
+        raise ConfigError(
             f"a memory budget of {budget_bytes / 2**30:.2f} GiB does not hold one image: the models take "
             f"{base / 2**30:.2f} GiB and each image {per_image / 2**30:.2f} GiB more; raise the budget, lower "
             "repeats, or load the diffusion model with torch_dtype=torch.float16")

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Union
 
 import torch
 
+from ...errors import ConfigError, MissingFileError
 from ..checkpoints import NESTED_KEYS
 
 #: Globals a Lightning checkpoint pickles besides tensors that carry nothing the conversion needs: the callback
@@ -62,28 +63,28 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> Any:
     """The object saved in ``path`` (a ``.safetensors`` file or a torch checkpoint), loaded without running code."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist; check the path")
+        raise MissingFileError(f"checkpoint {path!r} does not exist; check the path")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
         return load_file(path)
     if not zipfile.is_zipfile(path) and not starts_with(path, PICKLE_PROTOCOL_2):
-        raise ValueError(f"{path!r} is not a torch checkpoint (neither torch.save's zip format nor its legacy "
-                         f"pickle); {TORCH_FILE}")
+        raise ConfigError(f"{path!r} is not a torch checkpoint (neither torch.save's zip format nor its legacy "
+                          f"pickle); {TORCH_FILE}")
     unknown = [name for name in unsafe_globals(path) if name not in LIGHTNING_GLOBALS]
     if unknown:
-        raise ValueError(f"checkpoint {path!r} pickles Python objects of {', '.join(unknown)}, which are not known "
-                         "to be harmless, so it was not loaded (loading it could run code); save its state dict "
-                         "alone (torch.save({'state_dict': ckpt['state_dict']}, path)) where you trust the file")
+        raise ConfigError(f"checkpoint {path!r} pickles Python objects of {', '.join(unknown)}, which are not known "
+                          "to be harmless, so it was not loaded (loading it could run code); save its state dict "
+                          "alone (torch.save({'state_dict': ckpt['state_dict']}, path)) where you trust the file")
     stand_ins = [(Dropped, name) for name in LIGHTNING_GLOBALS]
     try:
         with torch.serialization.safe_globals(stand_ins):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ValueError(f"checkpoint {path!r} holds objects that weights_only loading refuses ({exc}); save its "
-                         "state dict alone with torch.save(state_dict, path)") from None
+        raise ConfigError(f"checkpoint {path!r} holds objects that weights_only loading refuses ({exc}); save its "
+                          "state dict alone with torch.save(state_dict, path)") from None
     except (RuntimeError, EOFError) as exc:
-        raise ValueError(f"{path!r} is not a torch checkpoint ({exc}); {TORCH_FILE}") from None
+        raise ConfigError(f"{path!r} is not a torch checkpoint ({exc}); {TORCH_FILE}") from None
 
 
 def state_dict_of(loaded: Any, path: str) -> Dict[str, torch.Tensor]:
@@ -95,12 +96,12 @@ def state_dict_of(loaded: Any, path: str) -> Dict[str, torch.Tensor]:
             state = state[key]
             break
     if not isinstance(state, dict) or not state:
-        raise ValueError(f"checkpoint {path!r} holds no state dict (a dict of tensors, or one under "
-                         f"{' / '.join(NESTED_KEYS)}); save model.state_dict()")
+        raise ConfigError(f"checkpoint {path!r} holds no state dict (a dict of tensors, or one under "
+                          f"{' / '.join(NESTED_KEYS)}); save model.state_dict()")
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if len(tensors) != len(state):
         other = next(k for k, v in state.items() if not isinstance(v, torch.Tensor))
-        raise ValueError(f"the state dict of {path!r} holds a non-tensor entry {other!r}; save model.state_dict()")
+        raise ConfigError(f"the state dict of {path!r} holds a non-tensor entry {other!r}; save model.state_dict()")
     return {k.removeprefix("module."): v for k, v in tensors.items()}
 
 

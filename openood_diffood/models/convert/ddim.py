@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional
 
+from ...errors import ConfigError
 from .checkpoint import read_state_dict
 from .conversion import Conversion
 from .ddpm_blocks import middle_and_ends, down_path, up_path
@@ -64,8 +65,8 @@ def convert_ddim(checkpoint: str, config: Optional[str] = None) -> Conversion:
     model, schedule, source = official_sections(config, "DDIM", RELEASED, RELEASED_SCHEDULE)
     require(model, MODEL_KEYS, f"the Model section of {source}")
     if not model.get("resamp_with_conv", True):
-        raise ValueError("resamp_with_conv: false (average-pool downsampling) has no diffusers UNet2DModel "
-                         "equivalent; only the released configs' resamp_with_conv: true converts")
+        raise ConfigError("resamp_with_conv: false (average-pool downsampling) has no diffusers UNet2DModel "
+                          "equivalent; only the released configs' resamp_with_conv: true converts")
     state = read_state_dict(checkpoint)
     bayesian = state.pop("logvar", None) is not None  # type 'bayesian': a per-timestep log-variance, not used
     num_classes = class_count(model, state, configured=config is not None)

@@ -14,6 +14,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
+from ...errors import ConfigError
 from .checkpoint import read_state_dict
 from .conversion import Conversion
 from .keys import Leaf, ModuleTable, build_model, conv1x1_as_linear, renamed
@@ -53,8 +54,8 @@ def head_dim(model: Mapping[str, Any], attention: list, channels: list) -> int:
         if attends:
             sizes |= {channels[level] / heads, channels[level] / up_heads}
     if len(sizes) != 1 or not float(next(iter(sizes))).is_integer():
-        raise ValueError(f"the attention layers of this config have head sizes {sorted(sizes)} (channels / num_heads "
-                         "/ num_heads_upsample); diffusers' UNet2DModel needs one integer head size for all of them")
+        raise ConfigError(f"the attention layers of this config have head sizes {sorted(sizes)} (channels / num_heads "
+                          "/ num_heads_upsample); diffusers' UNet2DModel needs one integer head size for all of them")
     return int(sizes.pop())
 
 
@@ -89,8 +90,8 @@ def convert_iddpm(checkpoint: str, config: Optional[str] = None) -> Conversion:
     model, schedule, source = official_sections(config, "iDDPM", RELEASED, RELEASED_SCHEDULE)
     require(model, MODEL_KEYS, f"the Model section of {source}")
     if model.get("dims", 2) != 2 or not model.get("conv_resample", True):
-        raise ValueError("only 2-d networks with convolutional resampling (dims: 2, conv_resample: true, as "
-                         "released) have a diffusers UNet2DModel equivalent")
+        raise ConfigError("only 2-d networks with convolutional resampling (dims: 2, conv_resample: true, as "
+                          "released) have a diffusers UNet2DModel equivalent")
     state = read_state_dict(checkpoint)
     num_classes = class_count(model, state, configured=config is not None)
     architecture = (f"the iDDPM UNetModel of {source} (model_channels {model['model_channels']}, channel_mult "

@@ -13,6 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
+from ...errors import ConfigError
 from .checkpoint import read_state_dict
 from .conversion import Conversion
 from .ddpm_blocks import down_path, middle_and_ends, up_path
@@ -52,8 +53,8 @@ def ldm_params(path: Optional[str]) -> Tuple[Dict[str, Any], str]:
     params = (read_yaml(path, what).get("model") or {}).get("params")
     if not isinstance(params, dict) or not all(k in params for k in ("unet_config", "first_stage_config",
                                                                       "cond_stage_config")):
-        raise ValueError(f"config {path!r} has no model.params with unet_config, first_stage_config and "
-                         f"cond_stage_config; pass {what}")
+        raise ConfigError(f"config {path!r} has no model.params with unet_config, first_stage_config and "
+                          f"cond_stage_config; pass {what}")
     return params, path
 
 
@@ -88,7 +89,7 @@ def check_supported(params: Mapping[str, Any], unet: Mapping[str, Any], first_st
     }
     failed = [text for text, ok in problems.items() if not ok]
     if failed:
-        raise ValueError(f"this LatentDiffusion config cannot be converted: {'; '.join(failed)}")
+        raise ConfigError(f"this LatentDiffusion config cannot be converted: {'; '.join(failed)}")
 
 
 def unet_config(unet: Mapping[str, Any]) -> Dict[str, Any]:
@@ -136,20 +137,20 @@ def split_parts(state: Mapping[str, torch.Tensor]) -> Dict[str, Dict[str, torch.
             continue
         part = next((name for name, prefix in PARTS.items() if key.startswith(prefix)), None)
         if part is None:
-            raise ValueError(f"state dict entry {key!r} belongs to no part of a LatentDiffusion checkpoint (expected "
-                             "model.diffusion_model.*, first_stage_model.*, cond_stage_model.* and schedule buffers)")
+            raise ConfigError(f"state dict entry {key!r} belongs to no part of a LatentDiffusion checkpoint (expected "
+                              "model.diffusion_model.*, first_stage_model.*, cond_stage_model.* and schedule buffers)")
         parts[part][key] = tensor
     empty = [PARTS[name] for name, weights in parts.items() if not weights]
     if empty:
-        raise ValueError(f"the checkpoint has no {empty[0]}* weights: it is not a LatentDiffusion state dict "
-                         "(a CompVis .ckpt with model.diffusion_model.*, first_stage_model.*, cond_stage_model.*)")
+        raise ConfigError(f"the checkpoint has no {empty[0]}* weights: it is not a LatentDiffusion state dict "
+                          "(a CompVis .ckpt with model.diffusion_model.*, first_stage_model.*, cond_stage_model.*)")
     return parts
 
 
 def scheduler_config(params: Mapping[str, Any]) -> Dict[str, Any]:
     kind = params.get("beta_schedule", "linear")
     if kind not in BETA_SCHEDULES:
-        raise ValueError(f"beta_schedule {kind!r} is not one of {', '.join(BETA_SCHEDULES)}")
+        raise ConfigError(f"beta_schedule {kind!r} is not one of {', '.join(BETA_SCHEDULES)}")
     return {"num_train_timesteps": int(params.get("timesteps", 1000)), "beta_schedule": BETA_SCHEDULES[kind],
             "beta_start": float(params.get("linear_start", 1e-4)), "beta_end": float(params.get("linear_end", 2e-2)),
             "variance_type": "fixed_small", "clip_sample": False, "prediction_type": "epsilon"}
@@ -161,8 +162,8 @@ def check_schedule(state: Mapping[str, torch.Tensor], alphas_cumprod: torch.Tens
     if own is None:
         return
     if own.shape != alphas_cumprod.shape or not torch.allclose(own.double(), alphas_cumprod.double(), atol=1e-5):
-        raise ValueError(f"the checkpoint's alphas_cumprod buffer differs from the schedule of {source} "
-                         "(timesteps, beta_schedule, linear_start, linear_end): the config does not describe it")
+        raise ConfigError(f"the checkpoint's alphas_cumprod buffer differs from the schedule of {source} "
+                          "(timesteps, beta_schedule, linear_start, linear_end): the config does not describe it")
 
 
 def convert_ldm(checkpoint: str, config: Optional[str] = None) -> Conversion:
