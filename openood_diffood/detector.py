@@ -15,15 +15,10 @@ from .runtime.engine import DiffOOD
 
 
 class DiffOODDetector(Detector):
-    """DiffOOD (Liu et al., arXiv 2211.11255) as a pytorch-ood detector; higher score = more OOD:
-
-        score(x) = 1/R sum_r || n(g(x)) - n(g(x_r)) ||_1,   x_r = DDIM(sqrt(abar_t) x + sqrt(1 - abar_t) eps_r | y, w)
-
-    with y = argmax f(x), guided noise eps_null + w (eps_y - eps_null), n the L2 normalization and g the chosen
-    feature space (see :mod:`openood_diffood.method.diffood`). No fitting (``combine: energy`` calibrates on ID
-    data in :meth:`fit`). ``predict(x)`` takes images normalized as the classifier expects. Build it from an
-    engine, or from ``(classifier, diffusion)`` plus the engine's keyword arguments.
-    """
+    """DiffOOD (arXiv 2211.11255) as a pytorch-ood detector, higher = more OOD (see
+    :mod:`openood_diffood.method.diffood`). No fitting, except that ``combine: energy`` calibrates on ID data in
+    :meth:`fit`; ``predict(x)`` takes images normalized for the classifier. Build it from an engine, or from
+    ``(classifier, diffusion)`` plus the engine's keyword arguments."""
 
     info = DetectorInfo(
         paper=Paper(title="Diffusion Denoising Process for Perceptron Bias in Out-of-distribution Detection",

@@ -1,10 +1,6 @@
-"""Post-hoc OOD baselines by OpenOOD's names (msp, ebo, mls, react, vim, knn, ...).
-
-With OpenOOD importable, a baseline is OpenOOD's own postprocessor built from OpenOOD's
-``configs/postprocessors/<name>.yml`` (automatic parameter search off). Otherwise the six standard ones come from
-pytorch-ood's detectors with OpenOOD's default settings. Nothing is re-implemented here. Every baseline reports
-``score`` with higher = more OOD (OpenOOD's ``conf`` negated).
-"""
+"""Post-hoc OOD baselines by OpenOOD's names (msp, ebo, mls, react, vim, knn, ...): OpenOOD's own postprocessors
+from its ``configs/postprocessors/<name>.yml`` (APS off), else pytorch-ood's detectors with OpenOOD's defaults;
+nothing is re-implemented. ``score`` is higher = more OOD (OpenOOD's ``conf`` negated)."""
 from __future__ import annotations
 
 import contextlib
@@ -105,10 +101,8 @@ class Baseline(ABC):
 # ----------------------------------------------------------------------------------------------- OpenOOD
 class OpenOODNet(nn.Module):
     """A classifier seen through the interface OpenOOD's postprocessors call.
-
     ``forward(x, return_feature=True)`` gives ``(logits, penultimate feature)``; ``fc`` / ``get_fc_layer()`` /
-    ``get_fc()`` give the last linear layer. Inputs are moved to the net's device (OpenOOD calls ``.cuda()``).
-    """
+    ``get_fc()`` give the last linear layer. Inputs are moved to the net's device (OpenOOD calls ``.cuda()``)."""
 
     def __init__(self, classifier: nn.Module) -> None:
         super().__init__()

@@ -1,7 +1,5 @@
 """Score an ID test set and near / far OOD sets with DiffOOD and baselines, then report (used by ``eval``/``demo``).
-
-Images travel as uint8 NHWC arrays and are normalized batch by batch, so large sets never sit in memory as floats.
-"""
+Images travel as uint8 NHWC arrays and are normalized batch by batch, so large sets never sit in memory as floats."""
 from __future__ import annotations
 
 import os
@@ -66,10 +64,8 @@ class ImageSet:
 @dataclass
 class Benchmark:
     """ID test set, OOD sets by split, the ID fit set (ViM / KNN / ReAct) and the normalization of the inputs.
-
     ``csid`` are covariate-shifted ID sets, counted as ID in full-spectrum (``fsood``) evaluation. OOD sets carry
-    no labels: whatever their source has (CIFAR-100's 0-99, OpenOOD's -1) names none of the ID classes.
-    """
+    no labels: whatever their source has (CIFAR-100's 0-99, OpenOOD's -1) names none of the ID classes."""
 
     id_test: ImageSet
     ood: Dict[str, List[ImageSet]]
@@ -182,7 +178,6 @@ def score_benchmark(net: nn.Module, bench: Benchmark, methods: Sequence[str], *,
                     runners: Optional[Mapping[str, Any]] = None, cache_dir: Optional[str] = None,
                     on_method: Optional[Callable[[str, "RunScores"], None]] = None) -> RunScores:
     """Fit (where needed) and run every method on the ID test set (plus csid sets with ``fsood``) and OOD sets.
-
     ``runners`` are the methods already built (:func:`.runners.build_runners`); with ``cache_dir`` the finished
     (method, set) scores of the baselines are kept there and read back; ``on_method(name, scores)`` is called as
     each method finishes."""
@@ -239,12 +234,6 @@ def score_benchmark(net: nn.Module, bench: Benchmark, methods: Sequence[str], *,
 def _fit_batches(bench: Benchmark, batch_size: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     labels = torch.from_numpy(bench.fit.labels).long().split(batch_size)
     return list(zip(normalized_batches(bench.fit.images, bench.normalization, batch_size), labels))
-
-
-def method_results(scores: RunScores) -> Dict[str, metrics.MethodResult]:
-    """OpenOOD's table for each method of one run."""
-    acc = metrics.accuracy(scores.id_pred, scores.id_labels)
-    return {m: metrics.method_table(m, scores.id[m], scores.ood[m], acc) for m in scores.id}
 
 
 def save_scores(out_dir: str, run_name: str, scores: RunScores) -> List[str]:

@@ -1,17 +1,7 @@
-"""Load a set of images into memory as uint8 NHWC: an .npz, an image folder, or an OpenOOD image list.
-
-A *spec* names the source:
-
-* ``path/to/set.npz``: ``images`` (uint8, N x H x W x C, or N x H x W for grey), optional ``labels`` and ``classes``.
-* ``path/to/folder``: torchvision's ImageFolder layout (one sub-folder per class, sorted names = class ids), or a
-  flat folder of images (no labels).
-* ``path/to/list.txt`` or ``path/to/list.txt::image_root``: OpenOOD's ``benchmark_imglist`` format, one
-  ``relative/path label`` line per image. Without ``::image_root`` the images are looked for under the data root
-  that holds ``benchmark_imglist`` (in ``images_classic/``, ``images_largescale/`` or the root itself).
-
-Resizing (``size``) is torchvision's ``Resize(size)`` then ``CenterCrop(size)`` on the PIL image, as OpenOOD's
-test-time preprocessing does.
-"""
+"""Load a set of images as uint8 NHWC from a *spec*: an ``.npz`` (``images``, optional ``labels``, ``classes``),
+an image folder (ImageFolder layout, or flat without labels), or an OpenOOD image list ``list.txt[::image_root]``
+(without a root, looked for under the data root holding ``benchmark_imglist``). ``size`` resizes as OpenOOD's test
+transform does (``Resize`` then ``CenterCrop``)."""
 from __future__ import annotations
 
 import hashlib
@@ -37,9 +27,7 @@ def openood_spec(imglist: str, image_root: str) -> str:
 
 def load_images(spec: str, size: Optional[int] = None) -> Images:
     """(images uint8 N x H x W x C, labels int64 or None when the source has none, class names) of a spec.
-
-    ``size``: resize every image to ``size`` x ``size``. Without it, images of different sizes are an error.
-    """
+    ``size``: resize every image to ``size`` x ``size``. Without it, images of different sizes are an error."""
     path = spec.split(_SEP, 1)[0]
     if not os.path.exists(path):
         raise MissingFileError(f"image source {path!r} does not exist: give an .npz file, an image folder or an "

@@ -1,16 +1,6 @@
-"""OOD metrics with OpenOOD v1.5's conventions, OpenOOD-style tables, and the CSV / JSON result files.
-
-Scores passed in follow this package's convention: higher = more OOD. OpenOOD's ``compute_all_metrics`` takes
-``conf = -score``; the numbers here are identical to it (``openood/evaluators/metrics.py``):
-
-* ``FPR@95``: OOD is the positive class; the fraction of ID images flagged as OOD at the first threshold that
-  detects at least 95% of the OOD images (OpenOOD v1.5's definition);
-* ``AUROC``: area under the ROC curve (OOD positive);
-* ``AUPR_IN``: area (trapezoidal, as OpenOOD) under the precision-recall curve with ID as the positive class;
-* ``AUPR_OUT``: the same with OOD as the positive class.
-
-Tables report percentages, like OpenOOD's ``Evaluator.eval_ood``.
-"""
+"""OOD metrics identical to OpenOOD v1.5's ``compute_all_metrics`` (``openood/evaluators/metrics.py``), tables and
+result files. Scores are higher = more OOD (OpenOOD's ``conf`` is ``-score``); OOD is the positive class for
+``FPR@95`` and ``AUROC``, ``AUPR_IN`` / ``AUPR_OUT`` take ID / OOD as positive; tables give percentages."""
 from __future__ import annotations
 
 import csv
@@ -78,9 +68,7 @@ class MethodResult:
 def method_table(method: str, id_score: np.ndarray, ood_scores: Mapping[str, Mapping[str, np.ndarray]],
                  id_accuracy: float) -> MethodResult:
     """Per-set metrics (percent) plus the near / far means, as the rows of OpenOOD's table.
-
-    ``ood_scores`` is ``{"near": {name: scores}, "far": {name: scores}}`` (either split may be empty).
-    """
+    ``ood_scores`` is ``{"near": {name: scores}, "far": {name: scores}}`` (either split may be empty)."""
     rows: Dict[str, Dict[str, float]] = {}
     splits: Dict[str, str] = {}
     for split in SPLITS:
@@ -139,9 +127,7 @@ def format_summary(results: Mapping[str, Sequence[MethodResult]]) -> str:
 def write_results(out_dir: str, results: Mapping[str, Sequence[MethodResult]],
                   run_names: Sequence[str], meta: Optional[dict] = None) -> List[str]:
     """Write ``metrics.csv`` (one row per method, run and set; plus mean rows across runs) and ``metrics.json``.
-
-    Returns the paths written.
-    """
+    Returns the paths written."""
     os.makedirs(out_dir, exist_ok=True)
     csv_path, json_path = os.path.join(out_dir, "metrics.csv"), os.path.join(out_dir, "metrics.json")
     with open(csv_path, "w", newline="") as f:

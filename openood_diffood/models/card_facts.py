@@ -1,7 +1,6 @@
-"""What the engine relies on about a diffusion model, machine-readable in its model card (``README.md``): the YAML
-metadata's ``diffood`` mapping (``max_timestep``: trained on timesteps below it; ``null_class``: the label of
-guidance's unconditional branch), written by ``train`` and ``convert`` and read with huggingface_hub's
-``ModelCard``. Older cards of ``train`` recorded ``max_timestep`` only in a Markdown table; that is still read."""
+"""Model facts the engine relies on, in the model card's YAML metadata ``diffood`` mapping (``max_timestep``,
+``null_class``), written by ``train`` / ``convert`` and read with huggingface_hub's ``ModelCard``; older cards'
+Markdown ``max_timestep`` is still read."""
 from __future__ import annotations
 
 import dataclasses

@@ -10,14 +10,9 @@ from ..errors import ConfigError
 
 
 class DiffusionBackend(nn.Module):
-    """A noise-prediction network with its training noise schedule.
-
-    Subclasses map images in [-1, 1] to the space the network denoises (``encode`` / ``decode``; identity for
-    pixel models) and predict epsilon there with ``network``. ``num_classes`` is the number of real classes (None
-    for an unconditional model); ``null_class`` is the label of the unconditional branch of guidance.
-    ``max_timestep``, when known (the model card of ``python -m openood_diffood train``), is the largest timestep
-    the model was trained on.
-    """
+    """A noise-prediction network (``network``, epsilon) with its training noise schedule; ``encode`` / ``decode``
+    map images in [-1, 1] to the space it denoises. ``num_classes``: real classes (None: unconditional); ``null_class``:
+    guidance's unconditional label; ``max_timestep``: the largest trained timestep, when known."""
 
     def __init__(self, alphas_cumprod: torch.Tensor, num_classes: Optional[int], null_class: Optional[int],
                  sample_size: int, max_timestep: Optional[int] = None) -> None:

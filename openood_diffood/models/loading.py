@@ -1,15 +1,7 @@
-"""Load a diffusion backend from a diffusers directory or hub id, recognising the layout from its own files.
-
-* pixel: ``unet/`` (``UNet2DModel``) and ``scheduler/``, as ``python -m openood_diffood train`` writes them;
-* DiT: ``transformer/`` (``DiTTransformer2DModel``), ``vae/`` (``AutoencoderKL``) and ``scheduler/``, as
-  ``DiTPipeline.save_pretrained`` writes them (e.g. a local copy of ``facebook/DiT-XL-2-256``);
-* latent UNet: ``unet/`` (class-conditional ``UNet2DModel``), ``vae/`` and ``scheduler/``;
-* LDM: ``unet/`` (``UNet2DConditionModel``), ``vqvae/`` (``VQModel``), ``class_embedder/`` and ``scheduler/``, as
-  ``python -m openood_diffood convert --from ldm`` writes CompVis latent diffusion's cin256-v2.
-
-A name that looks like a local path and does not exist is an error at once (never a hub lookup); a hub id that
-cannot be reached fails within seconds with the command that downloads it.
-"""
+"""Load a diffusion backend from a diffusers directory or hub id, recognising the layout from its files: pixel
+(``unet/``, ``scheduler/``), DiT (``transformer/``, ``vae/``), latent UNet (``unet/``, ``vae/``) or LDM (``unet/``,
+``vqvae/``, ``class_embedder/``). A local-looking path that does not exist fails at once; an unreachable hub id
+within seconds, with the command that downloads it."""
 from __future__ import annotations
 
 import json
@@ -129,11 +121,9 @@ def _check_hub(repo_id: str, hub_kwargs: dict) -> None:
 def load_diffusion(path: Union[str, os.PathLike], null_class: Optional[int] = None,
                    torch_dtype: Optional[torch.dtype] = None, **hub_kwargs) -> DiffusionBackend:
     """Load a diffusion backend from a diffusers directory or hub id (see the module docstring).
-
     ``null_class`` defaults to the one the model card records, else the model's extra class (the last class
     embedding; ``num_embeds_ada_norm`` for DiT); ``max_timestep`` comes from the card (:mod:`.card_facts`).
-    ``torch_dtype`` is the dtype of the weights (default fp32; the engine's autocast sets the compute precision).
-    """
+    ``torch_dtype`` is the dtype of the weights (default fp32; the engine's autocast sets the compute precision)."""
     path = os.path.expanduser(os.fspath(path))
     local = os.path.isdir(path)
     if not local and looks_local(path):

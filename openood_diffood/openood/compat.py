@@ -1,6 +1,5 @@
 """Everything about OpenOOD itself: importing it (with an install hint), the shims its import and its ``.cuda()``
 calls need on some machines, where its checkout keeps ``configs/`` and ``data/``, and its benchmark tables.
-
 Light to import (the start-up hook uses it): torch is imported only by :func:`cuda_calls_stay_put`."""
 from __future__ import annotations
 
@@ -81,11 +80,6 @@ def require_openood(module: str = "openood") -> types.ModuleType:
             raise MissingPackageError(f"OpenOOD is installed but cannot import {exc.name} ({exc}); install "
                                       f"{exc.name.split('.')[0]}") from exc
         raise MissingPackageError(f"{module} is needed here. {INSTALL_HINT}") from exc
-
-
-def openood_available() -> bool:
-    """True when OpenOOD can be imported."""
-    return importlib.util.find_spec("openood") is not None
 
 
 def openood_checkout() -> Optional[Path]:

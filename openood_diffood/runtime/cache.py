@@ -1,16 +1,8 @@
-"""Keyed stores on disk, and the score cache: an interrupted run resumes where it stopped, and a finished set is
-never scored again.
-
-Every store (this score cache, ``eval``'s per-set store of the baselines, the benchmarks' round trips) is a
-:class:`KeyedStore`: ``<root>/<digest of key.json>/`` holds ``key.json`` (the key, readable; read back and checked
-when the folder is opened) and ``.npz`` files written atomically, so a killed run leaves only complete files.
-
-A DiffOOD score is a pure function of the image's values, the settings and the two models (each image's noise
-derives from its content), so the score cache keeps (score, prediction) by image digest in one
-``unit-<digest>.npz`` per finished batch (found whatever the rank, dataset, order or batching) under the engine's
-:meth:`~openood_diffood.DiffOOD.identity`: every setting, the resolved precision, the package version and the
-models' fingerprints.
-"""
+"""Keyed stores on disk and the score cache, so an interrupted run resumes and a finished set is never scored again.
+A :class:`KeyedStore` folder ``<root>/<digest of key.json>/`` holds ``key.json`` (read back and checked on open)
+and atomically written ``.npz`` files. The score cache keeps (score, prediction) by image digest, one
+``unit-<digest>.npz`` per batch, under the engine's :meth:`~openood_diffood.DiffOOD.identity` (settings, precision,
+version, model fingerprints): a score depends only on those and the image."""
 from __future__ import annotations
 
 import hashlib

@@ -1,8 +1,5 @@
-"""Training data: labelled images from any image source, the batch of each step, and augmentation.
-
-Every random draw of a step comes from generators seeded by ``(seed, step)``, so a run continued from a checkpoint
-draws exactly what an uninterrupted run would.
-"""
+"""Training data: labelled images from any image source, each step's batch (drawn from generators seeded by
+``(seed, step)``, so a resumed run draws what an uninterrupted one would) and augmentation."""
 from __future__ import annotations
 
 import hashlib

@@ -1,18 +1,9 @@
-"""Train the class-conditional pixel diffusion model DiffOOD denoises with.
-
-A diffusers ``UNet2DModel`` with ``num_class_embeds = classes + 1`` (the last id is the null class) learns to
-predict the noise (epsilon) of ``DDPMScheduler``'s linear schedule, with classifier-free guidance training (a label
-becomes the null class with probability ``--p-uncond``) and timesteps drawn below ``--max-timestep`` (DiffOOD only
-noises to t ~ 300, so the model need not learn pure noise). EMA weights are what gets saved.
-
-HuggingFace Accelerate places the model, runs mixed precision, syncs gradients (``accelerate launch`` / torchrun
-train on several GPUs; ``--batch-size`` is the global batch) and writes the checkpoints: ``save_state`` keeps the
-model, optimizer, LR scheduler and every process's RNG states, and ``trainer_state.pt`` beside them the step, the
-settings and the EMA weights. A checkpoint is written into ``step_N.tmp`` and renamed when complete, and everything
-loads with ``weights_only=True``. Every random draw of a step comes from generators seeded by ``(--seed, step)``,
-so a run stopped at any step and continued with ``--resume`` ends with the weights of an uninterrupted run (bit for
-bit on CPU). The output directory holds ``unet/``, ``scheduler/`` and a ``README.md`` model card.
-"""
+"""Train the class-conditional pixel diffusion model DiffOOD denoises with: a diffusers ``UNet2DModel`` whose last
+class id is the null class, epsilon prediction on ``DDPMScheduler``'s linear schedule, classifier-free guidance
+training (``--p-uncond``), timesteps below ``--max-timestep``; the EMA weights are saved.
+Accelerate places the model, runs mixed precision and several GPUs, and writes checkpoints (``step_N.tmp`` renamed
+when complete, loaded with ``weights_only=True``). Every random draw comes from ``(--seed, step)``, so ``--resume``
+ends with the weights of an uninterrupted run. The output holds ``unet/``, ``scheduler/`` and a model card."""
 from __future__ import annotations
 
 import argparse

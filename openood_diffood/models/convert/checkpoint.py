@@ -1,9 +1,6 @@
-"""Read a source checkpoint without running any of its code.
-
-``torch.load(weights_only=True)`` only; a PyTorch Lightning ``.ckpt`` also pickles a few non-tensor objects next
-to its ``state_dict`` (callback classes, numpy scalars). Those named in :data:`LIGHTNING_GLOBALS` load as an inert
-stand-in that keeps nothing (the real classes are never imported); any other object is an error naming it.
-"""
+"""Read a source checkpoint without running its code: ``torch.load(weights_only=True)``, with the non-tensor
+objects of a Lightning ``.ckpt`` named in :data:`LIGHTNING_GLOBALS` loaded as inert stand-ins; any other object is
+an error naming it."""
 from __future__ import annotations
 
 import os

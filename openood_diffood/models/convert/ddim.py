@@ -1,13 +1,7 @@
-"""``--from ddim``: the DDIM UNet of the official DiffOOD code (``network/ddim/ddim.py`` ``Model``) -> diffusers'
-``UNet2DModel`` (class-conditional through ``num_class_embeds`` when the checkpoint has ``label_emb``) and a
-``DDPMScheduler`` with the config's betas.
-
-Both compute the same function: a sin-first sinusoidal time embedding with frequency shift 1 (``flip_sin_to_cos``
-False, ``freq_shift`` 1), GroupNorm(32, eps 1e-6), downsampling that pads (0, 1, 0, 1) and convolves with stride 2
-(``downsample_padding`` 0), single-head attention (``attention_head_dim`` None) at the resolutions of
-``attn_resolutions``, and ``label_emb`` (num_classes + 1 rows, the null class last) added to the time embedding
-after its second linear layer (diffusers' ``class_embedding``).
-"""
+"""``--from ddim``: the official DiffOOD DDIM ``Model`` -> diffusers' ``UNet2DModel`` (class-conditional when the
+checkpoint has ``label_emb``, null class last) and a ``DDPMScheduler`` with the config's betas. Same function:
+sin-first time embedding with shift 1, GroupNorm(32, 1e-6), (0, 1, 0, 1)-padded stride-2 downsampling, single-head
+attention at ``attn_resolutions``."""
 from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional

@@ -1,13 +1,6 @@
-"""``--from iddpm``: the improved-diffusion UNet of the official DiffOOD code (``network/iddpm/unet.py``
-``UNetModel``) -> diffusers' ``UNet2DModel`` with its 6 output channels (epsilon, then the learned variance, of
-which DiffOOD uses the epsilon half) and a ``DDPMScheduler`` (cosine: ``squaredcos_cap_v2``).
-
-Both compute the same function: a cos-first sinusoidal time embedding (``flip_sin_to_cos`` True, ``freq_shift``
-0), GroupNorm(32, eps 1e-5), scale-shift norm (``resnet_time_scale_shift`` "scale_shift"; the attention keeps its
-group norm: ``attn_norm_num_groups`` 32), stride-2 convolution with padding 1 for downsampling, and multi-head
-attention over a fused qkv whose channels hold, per head, that head's q, k and v: split per head into diffusers'
-to_q / to_k / to_v.
-"""
+"""``--from iddpm``: the official DiffOOD improved-diffusion ``UNetModel`` -> diffusers' ``UNet2DModel`` (6 output
+channels: epsilon, then the learned variance) and a cosine ``DDPMScheduler``. Same function: cos-first time
+embedding, GroupNorm(32, 1e-5), scale-shift norm, stride-2 downsampling, fused per-head qkv split into to_q/k/v."""
 from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional

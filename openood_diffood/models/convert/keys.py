@@ -1,10 +1,6 @@
-"""A source state dict -> the state dict of a diffusers model, module by module, with every key and shape checked.
-
-A :data:`ModuleTable` sends each source module prefix (``down.0.block.1.``) to the diffusers prefix that takes its
-place (``down_blocks.0.resnets.1.``) and a :data:`Leaf` map renaming the parameters inside it. The tables are
-built from the source's own config, so a checkpoint that does not match its config fails at the first key whose
-place or shape differs, named with both shapes.
-"""
+"""A source state dict -> a diffusers model's, module by module: a :data:`ModuleTable` (source prefix -> diffusers
+prefix) with a :data:`Leaf` renaming map, built from the source's config; the first key whose place or shape
+differs fails, named with both shapes."""
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Mapping, Optional, Tuple, Type
@@ -68,10 +64,8 @@ def shape(t: torch.Size) -> str:
 def map_state_dict(state: Mapping[str, torch.Tensor], table: ModuleTable, expected: Mapping[str, torch.Size],
                    architecture: str) -> Dict[str, torch.Tensor]:
     """``state`` renamed through ``table`` into the keys of ``expected`` (a diffusers model's state-dict shapes).
-
     ``architecture`` describes the config the table was built from, for the error raised at the first source key
-    without a place in it, the first shape that differs, or the first diffusers key no source key fills.
-    """
+    without a place in it, the first shape that differs, or the first diffusers key no source key fills."""
     out: Dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         prefix = source_module(key, table)

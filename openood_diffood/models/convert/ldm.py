@@ -1,12 +1,6 @@
 """``--from ldm``: CompVis latent diffusion's class-conditional ``LatentDiffusion`` (``cin256-v2``) -> ``unet/``
-(``UNet2DConditionModel``), ``vqvae/`` (``VQModel``), ``class_embedder/`` and ``scheduler/`` (``DDPMScheduler``).
-
-The Lightning checkpoint's ``state_dict`` holds ``model.diffusion_model.*`` (the openai-style UNet with spatial
-transformers: the same names in diffusers' ``Transformer2DModel`` blocks), ``first_stage_model.*`` (the VQ encoder
-/ decoder in DDPM-style names, ``quant_conv``, ``quantize.embedding``, ``post_quant_conv``), ``cond_stage_model.*``
-(``embedding``: 1001 x 512, index 1000 the null class) and the DDPM schedule buffers, checked against the yaml's.
-LDM's "linear" schedule is the square of a linspace of square roots: diffusers' ``scaled_linear``.
-"""
+(``UNet2DConditionModel``), ``vqvae/`` (``VQModel``), ``class_embedder/`` (1001 rows, 1000 the null class) and a
+``DDPMScheduler`` (LDM's "linear" schedule is diffusers' ``scaled_linear``), checked against the yaml's buffers."""
 from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional, Tuple
