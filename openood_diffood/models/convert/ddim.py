@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Dict, Mapping, Optional
 
 from ...errors import ConfigError
-from .checkpoint import read_state_dict
+from ..checkpoints import load_state_dict_file
 from .conversion import Conversion
 from .ddpm_blocks import middle_and_ends, down_path, up_path
 from .keys import LAYER, ModuleTable, build_model
@@ -61,7 +61,7 @@ def convert_ddim(checkpoint: str, config: Optional[str] = None) -> Conversion:
     if not model.get("resamp_with_conv", True):
         raise ConfigError("resamp_with_conv: false (average-pool downsampling) has no diffusers UNet2DModel "
                           "equivalent; only the released configs' resamp_with_conv: true converts")
-    state = read_state_dict(checkpoint)
+    state = load_state_dict_file(checkpoint)
     bayesian = state.pop("logvar", None) is not None  # type 'bayesian': a per-timestep log-variance, not used
     num_classes = class_count(model, state, configured=config is not None)
     architecture = (f"the DDIM Model of {source} (ch {model['ch']}, ch_mult {list(model['ch_mult'])}, "

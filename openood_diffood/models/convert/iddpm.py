@@ -8,7 +8,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 
 from ...errors import ConfigError
-from .checkpoint import read_state_dict
+from ..checkpoints import load_state_dict_file
 from .conversion import Conversion
 from .keys import Leaf, ModuleTable, build_model, conv1x1_as_linear, renamed
 from .official import class_count, official_sections, scheduler_config
@@ -85,7 +85,7 @@ def convert_iddpm(checkpoint: str, config: Optional[str] = None) -> Conversion:
     if model.get("dims", 2) != 2 or not model.get("conv_resample", True):
         raise ConfigError("only 2-d networks with convolutional resampling (dims: 2, conv_resample: true, as "
                           "released) have a diffusers UNet2DModel equivalent")
-    state = read_state_dict(checkpoint)
+    state = load_state_dict_file(checkpoint)
     num_classes = class_count(model, state, configured=config is not None)
     architecture = (f"the iDDPM UNetModel of {source} (model_channels {model['model_channels']}, channel_mult "
                     f"{list(model['channel_mult'])}, num_res_blocks {model['num_res_blocks']}, attention_resolutions "

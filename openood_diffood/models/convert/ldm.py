@@ -8,7 +8,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 
 from ...errors import ConfigError
-from .checkpoint import read_state_dict
+from ..checkpoints import load_state_dict_file
 from .conversion import Conversion
 from .ddpm_blocks import down_path, middle_and_ends, up_path
 from .keys import LAYER, ModuleTable, build_model, nest, same_names
@@ -171,7 +171,7 @@ def convert_ldm(checkpoint: str, config: Optional[str] = None) -> Conversion:
     first_stage = params["first_stage_config"].get("params", {})
     classes = params["cond_stage_config"].get("params", {})
     check_supported(params, unet_params, first_stage, classes, source)
-    state = read_state_dict(checkpoint)
+    state = load_state_dict_file(checkpoint)
     parts = split_parts(state)
     scheduler = DDPMScheduler(**scheduler_config(params))
     check_schedule(state, scheduler.alphas_cumprod, source)
