@@ -1,8 +1,5 @@
-"""``python -m openood.main``: OpenOOD's ``main.py`` and ``scripts/eval_ood.py`` as one installed command.
-OpenOOD installs neither script, and both need CUDA. This command, provided by the start-up hook where OpenOOD has
-no ``openood.main`` of its own, runs either of them on any machine (without CUDA, OpenOOD's ``.cuda()`` calls
-become no-ops for the run, and it says so once). Every OpenOOD postprocessor name works, ``diffood`` and
-``diffood_imagenet`` too. Every user error is one ``error:`` line (exit status 2) before any scoring."""
+"""``python -m openood.main``: OpenOOD's ``main.py`` and ``scripts/eval_ood.py`` as one installed command, on any
+machine (see :data:`DESCRIPTION`); every user error is one ``error:`` line (exit status 2) before any scoring."""
 from __future__ import annotations
 
 import argparse
