@@ -1,10 +1,8 @@
 """openood-diffood: DiffOOD (Liu et al., arXiv 2211.11255) as an engine and an OpenOOD v1.5 postprocessor.
-
 Public API (imported on first use, so ``import openood_diffood`` stays light and never imports OpenOOD):
 :class:`DiffOOD` (the engine) and :class:`DiffOODOutput`; :class:`DiffOODSettings` (what changes a score) and
 :class:`RunOptions` (how it runs); :func:`load_diffusion`; :class:`DiffOODPostprocessor` and :func:`register`
-(need OpenOOD); :class:`DiffOODDetector` (pytorch-ood).
-"""
+(need OpenOOD); :class:`DiffOODDetector` (pytorch-ood)."""
 from importlib import import_module
 
 from .version import __version__

@@ -7,6 +7,7 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
+from .errors import report_errors
 from .evaluate.command import add_eval_arguments, add_run_arguments, demo_main, eval_main
 from .models.convert.command import add_convert_arguments
 from .train.arguments import add_train_arguments
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point; bad inputs end with ``error: ...`` and exit status 2 instead of a traceback."""
+    """Entry point; bad inputs (:class:`ConfigError`) end with ``error: ...`` and exit status 2, bugs with their
+    traceback."""
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("default")
@@ -60,14 +62,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             warnings.simplefilter("ignore", developers_only)  # other packages' notes to their developers
         warnings.showwarning = _show_warning
         try:
-            args.func(args)
-        except (ValueError, OSError, ImportError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            return report_errors(args.func, args)
         except KeyboardInterrupt as exc:  # eval's carries the command that resumes
             print(f"\ninterrupted: {exc or 'nothing had finished yet'}", file=sys.stderr)
             return 130
-    return 0
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

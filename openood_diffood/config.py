@@ -18,6 +18,8 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Unio
 
 import yaml
 
+from .errors import ConfigError  # noqa: F401  (the package's user-error class; imported from here too)
+
 from .method.normalization import DATASET_STATS, Normalization
 
 SPACES = ("logit", "feature", "image")
@@ -30,10 +32,6 @@ PROTOCOLS = ("package", "official")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 #: Environment variables that override run options (handy with OpenOOD's unmodified scripts).
 ENVIRONMENT = {"diffusion": "DIFFOOD_DIFFUSION", "cache_dir": "DIFFOOD_CACHE_DIR"}
-
-
-class ConfigError(ValueError):
-    """A config key or value that cannot be used; the message names the problem and the fix."""
 
 
 # ----------------------------------------------------------------------------------------------- value parsers

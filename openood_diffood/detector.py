@@ -8,21 +8,17 @@ import torch
 from torch import nn
 from pytorch_ood.api import Detector, DetectorInfo, Paper, Task
 
+from .errors import ConfigError
 from .config import DiffOODSettings
 from .models.diffusion import DiffusionBackend
 from .runtime.engine import DiffOOD
 
 
 class DiffOODDetector(Detector):
-    """DiffOOD (Liu et al., arXiv 2211.11255) as a pytorch-ood detector; higher score = more OOD:
-
-        score(x) = 1/R sum_r || n(g(x)) - n(g(x_r)) ||_1,   x_r = DDIM(sqrt(abar_t) x + sqrt(1 - abar_t) eps_r | y, w)
-
-    with y = argmax f(x), guided noise eps_null + w (eps_y - eps_null), n the L2 normalization and g the chosen
-    feature space (see :mod:`openood_diffood.method.diffood`). No fitting (``combine: energy`` calibrates on ID
-    data in :meth:`fit`). ``predict(x)`` takes images normalized as the classifier expects. Build it from an
-    engine, or from ``(classifier, diffusion)`` plus the engine's keyword arguments.
-    """
+    """DiffOOD (arXiv 2211.11255) as a pytorch-ood detector, higher = more OOD (see
+    :mod:`openood_diffood.method.diffood`). No fitting, except that ``combine: energy`` calibrates on ID data in
+    :meth:`fit`; ``predict(x)`` takes images normalized for the classifier. Build it from an engine, or from
+    ``(classifier, diffusion)`` plus the engine's keyword arguments."""
 
     info = DetectorInfo(
         paper=Paper(title="Diffusion Denoising Process for Perceptron Bias in Out-of-distribution Detection",
@@ -36,11 +32,11 @@ class DiffOODDetector(Detector):
                  settings: Optional[DiffOODSettings] = None, **engine_kwargs: Any) -> None:
         if isinstance(classifier_or_engine, DiffOOD):
             if diffusion is not None or settings is not None or engine_kwargs:
-                raise ValueError("pass either a DiffOOD engine alone, or a classifier with a diffusion model")
+                raise ConfigError("pass either a DiffOOD engine alone, or a classifier with a diffusion model")
             self.engine = classifier_or_engine
         else:
             if diffusion is None:
-                raise ValueError("a diffusion model is needed: DiffOODDetector(classifier, '<diffusers dir>')")
+                raise ConfigError("a diffusion model is needed: DiffOODDetector(classifier, '<diffusers dir>')")
             self.engine = DiffOOD(classifier_or_engine, diffusion, settings, **engine_kwargs)
 
     @property
@@ -60,8 +56,8 @@ class DiffOODDetector(Detector):
         ID images (batches of ``(x, y)`` or of ``x``; ``combine: knn`` etc. needs ``engine.companion`` set first)."""
         if self.engine.needs_calibration:
             if data_loader is None:
-                raise ValueError("combine and a list of timesteps calibrate on ID validation images: call "
-                                 "fit(id_val_loader)")
+                raise ConfigError("combine and a list of timesteps calibrate on ID validation images: call "
+                                  "fit(id_val_loader)")
             self.engine.calibrate(b[0] if isinstance(b, (tuple, list)) else b for b in data_loader)
         return self
 

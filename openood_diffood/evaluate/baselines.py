@@ -1,10 +1,6 @@
-"""Post-hoc OOD baselines by OpenOOD's names (msp, ebo, mls, react, vim, knn, ...).
-
-With OpenOOD importable, a baseline is OpenOOD's own postprocessor built from OpenOOD's
-``configs/postprocessors/<name>.yml`` (automatic parameter search off). Otherwise the six standard ones come from
-pytorch-ood's detectors with OpenOOD's default settings. Nothing is re-implemented here. Every baseline reports
-``score`` with higher = more OOD (OpenOOD's ``conf`` negated).
-"""
+"""Post-hoc OOD baselines by OpenOOD's names (msp, ebo, mls, react, vim, knn, ...): OpenOOD's own postprocessors
+from its ``configs/postprocessors/<name>.yml`` (APS off), else pytorch-ood's detectors with OpenOOD's defaults;
+nothing is re-implemented. ``score`` is higher = more OOD (OpenOOD's ``conf`` negated)."""
 from __future__ import annotations
 
 import contextlib
@@ -25,6 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..errors import ConfigError, MissingPackageError
 from ..method.features import Classifier, as_classifier, last_linear
 from ..openood.compat import cuda_calls_stay_put, openood_checkout, require_openood
 
@@ -78,8 +75,8 @@ class Baseline(ABC):
         data). ``progress``: show the fitting's own progress bars and messages."""
         if data is None:
             if self.needs_fit:
-                raise ValueError(f"baseline {self.name!r} is fitted on ID training images: give them "
-                                 "(`eval --fit-data train.npz`)")
+                raise ConfigError(f"baseline {self.name!r} is fitted on ID training images: give them "
+                                  "(`eval --fit-data train.npz`)")
             return self
         if self.needs_fit:
             self._fit(data if isinstance(data, FitData) else FitData.extract(self.classifier, data), progress)
@@ -91,7 +88,7 @@ class Baseline(ABC):
         out = [self._score_batch(x).detach().float().cpu().reshape(-1)
                for x in tqdm(batches, desc=desc or self.name, total=total, disable=not progress, leave=False)]
         if not out:
-            raise ValueError(f"{self.name}: no images to score")
+            raise ConfigError(f"{self.name}: no images to score")
         return torch.cat(out).numpy()
 
     @abstractmethod
@@ -104,10 +101,8 @@ class Baseline(ABC):
 # ----------------------------------------------------------------------------------------------- OpenOOD
 class OpenOODNet(nn.Module):
     """A classifier seen through the interface OpenOOD's postprocessors call.
-
     ``forward(x, return_feature=True)`` gives ``(logits, penultimate feature)``; ``fc`` / ``get_fc_layer()`` /
-    ``get_fc()`` give the last linear layer. Inputs are moved to the net's device (OpenOOD calls ``.cuda()``).
-    """
+    ``get_fc()`` give the last linear layer. Inputs are moved to the net's device (OpenOOD calls ``.cuda()``)."""
 
     def __init__(self, classifier: nn.Module) -> None:
         super().__init__()
@@ -135,8 +130,8 @@ class OpenOODNet(nn.Module):
         x = x.to(self._device())
         if return_feature_list:
             if not self.classifier.openood_style:
-                raise ValueError(f"this postprocessor needs feature lists (return_feature_list), which only "
-                                 f"OpenOOD-style nets provide, not {type(self.classifier.net).__name__}")
+                raise ConfigError(f"this postprocessor needs feature lists (return_feature_list), which only "
+                                  f"OpenOOD-style nets provide, not {type(self.classifier.net).__name__}")
             return self.classifier.net(x, return_feature_list=True)
         if return_feature:
             return self.classifier.features(x, "feature")
@@ -177,9 +172,9 @@ class OpenOODBaseline(Baseline):
     def __init__(self, name: str, classifier: nn.Module, id_name: str = "cifar10") -> None:
         module, root, why = openood_postprocessors()
         if module is None:
-            raise ImportError(why)
+            raise MissingPackageError(why)
         if name not in _openood_names():
-            raise ValueError(f"OpenOOD has no postprocessor {name!r} with a config in {root / 'postprocessors'}")
+            raise ConfigError(f"OpenOOD has no postprocessor {name!r} with a config in {root / 'postprocessors'}")
         # the config exists, so OpenOOD's lookup reads it and downloads nothing
         self.postprocessor = module.get_postprocessor(str(root), name, id_name)
         self.postprocessor.APS_mode = False
@@ -274,7 +269,7 @@ class PytorchOODBaseline(Baseline):
 
     def __init__(self, name: str, classifier: nn.Module) -> None:
         if name not in PYTORCH_OOD_DEFAULTS:
-            raise ValueError(f"pytorch-ood fallback has no baseline {name!r}; it has {sorted(PYTORCH_OOD_DEFAULTS)}")
+            raise ConfigError(f"pytorch-ood fallback has no baseline {name!r}; it has {sorted(PYTORCH_OOD_DEFAULTS)}")
         classifier = as_classifier(classifier).eval()
         self.detector = _pytorch_ood_detector(name, classifier)
         super().__init__(name, "pytorch-ood", self.detector.requires_fit, classifier)
@@ -311,14 +306,14 @@ def check_baselines(names: Sequence[str], backend: str = "auto", also: Sequence[
 
 def _check_name(name: str, backend: str, also: Sequence[str] = ()) -> None:
     if backend not in BACKENDS:
-        raise ValueError(f"unknown baseline backend {backend!r}; use one of {BACKENDS}")
+        raise ConfigError(f"unknown baseline backend {backend!r}; use one of {BACKENDS}")
     available = available_baselines(backend)
     if name in available:
         return
     known = sorted(set(available) | set(also))
     near = difflib.get_close_matches(name, known, n=1)
     why = openood_postprocessors()[2]
-    raise ValueError(
+    raise ConfigError(
         f"unknown baseline {name!r}{f' (did you mean {near[0]!r}?)' if near else ''} for backend {backend!r}: "
         f"available are {', '.join(known)}"
         + (f" (OpenOOD's postprocessors would add more, but {why})" if why and backend != "pytorch-ood" else ""))

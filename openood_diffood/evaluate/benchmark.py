@@ -1,7 +1,5 @@
 """Score an ID test set and near / far OOD sets with DiffOOD and baselines, then report (used by ``eval``/``demo``).
-
-Images travel as uint8 NHWC arrays and are normalized batch by batch, so large sets never sit in memory as floats.
-"""
+Images travel as uint8 NHWC arrays and are normalized batch by batch, so large sets never sit in memory as floats."""
 from __future__ import annotations
 
 import os
@@ -15,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..hashing import item_digests
 from ..method.features import as_classifier
 from ..method.normalization import Normalization
@@ -38,12 +37,12 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
-            raise ValueError(f"set {self.name!r}: expected uint8 images (N, H, W, C), got {self.images.dtype} "
-                             f"{self.images.shape}")
+            raise ConfigError(f"set {self.name!r}: expected uint8 images (N, H, W, C), got {self.images.dtype} "
+                              f"{self.images.shape}")
         if len(self.images) == 0:
-            raise ValueError(f"set {self.name!r} has no images")
+            raise ConfigError(f"set {self.name!r} has no images")
         if self.labels is not None and len(self.labels) != len(self.images):
-            raise ValueError(f"set {self.name!r}: {len(self.labels)} labels for {len(self.images)} images")
+            raise ConfigError(f"set {self.name!r}: {len(self.labels)} labels for {len(self.images)} images")
 
     def limited(self, limit: Optional[int], seed: int) -> "ImageSet":
         """A random subset of at most ``limit`` images, fixed by ``seed`` and the set's name (order kept)."""
@@ -65,10 +64,8 @@ class ImageSet:
 @dataclass
 class Benchmark:
     """ID test set, OOD sets by split, the ID fit set (ViM / KNN / ReAct) and the normalization of the inputs.
-
     ``csid`` are covariate-shifted ID sets, counted as ID in full-spectrum (``fsood``) evaluation. OOD sets carry
-    no labels: whatever their source has (CIFAR-100's 0-99, OpenOOD's -1) names none of the ID classes.
-    """
+    no labels: whatever their source has (CIFAR-100's 0-99, OpenOOD's -1) names none of the ID classes."""
 
     id_test: ImageSet
     ood: Dict[str, List[ImageSet]]
@@ -109,23 +106,23 @@ class Benchmark:
         shapes = {f"{role}:{s.name}": s.images.shape[1:] for role, s in self.all_sets()}
         if len(set(shapes.values())) > 1:
             listing = ", ".join(f"{k} {h}x{w}x{c}" for k, (h, w, c) in shapes.items())
-            raise ValueError(f"images of mixed sizes ({listing}): resize every set to the classifier's input size "
-                             "(--image-size N)")
+            raise ConfigError(f"images of mixed sizes ({listing}): resize every set to the classifier's input size "
+                              "(--image-size N)")
         channels = shapes[f"id:{self.id_test.name}"][-1]
         if self.normalization.channels != channels:
-            raise ValueError(f"the ID test set {self.id_test.name!r} has {channels} channel(s) but the normalization "
-                             f"{self.normalization.channels} value(s); give {channels}-value --mean/--std for a "
-                             f"classifier trained on such images, or the ID set with the channels the classifier "
-                             f"takes (grey images repeated to RGB)")
+            raise ConfigError(f"the ID test set {self.id_test.name!r} has {channels} channel(s) but the normalization "
+                              f"{self.normalization.channels} value(s); give {channels}-value --mean/--std for a "
+                              f"classifier trained on such images, or the ID set with the channels the classifier "
+                              f"takes (grey images repeated to RGB)")
         for role, s in self.all_sets():
             if role in ("id", "csid", "fit"):
                 if s.labels is None:
-                    raise ValueError(f"{role} set {s.name!r} has no labels; ID sets need class labels")
+                    raise ConfigError(f"{role} set {s.name!r} has no labels; ID sets need class labels")
                 lo, hi = int(s.labels.min()), int(s.labels.max())
                 if lo < 0 or hi >= num_classes:
-                    raise ValueError(f"{role} set {s.name!r} has labels {lo}..{hi} but the classifier has "
-                                     f"{num_classes} classes (0..{num_classes - 1}): use labels in the classifier's "
-                                     "class order, or the classifier trained on these classes")
+                    raise ConfigError(f"{role} set {s.name!r} has labels {lo}..{hi} but the classifier has "
+                                      f"{num_classes} classes (0..{num_classes - 1}): use labels in the classifier's "
+                                      "class order, or the classifier trained on these classes")
         id_hashes = item_digests(self.id_test.images)
         for split, sets in self.ood.items():
             for s in sets:
@@ -148,8 +145,8 @@ CALIBRATION_IMAGES = 1000
 def calibration_batches(bench: Benchmark, batch_size: Union[int, str], seed: int) -> Iterator[torch.Tensor]:
     """Normalized batches of up to CALIBRATION_IMAGES fit-set images (fixed by ``seed``) for ``DiffOOD.calibrate``."""
     if bench.fit is None:
-        raise ValueError("combine and a list of timesteps calibrate on ID images: give --fit-data (ID training "
-                         f"images; up to {CALIBRATION_IMAGES} are used) or leave --combine out and give one timestep")
+        raise ConfigError("combine and a list of timesteps calibrate on ID images: give --fit-data (ID training "
+                          f"images; up to {CALIBRATION_IMAGES} are used) or leave --combine out and give one timestep")
     images = bench.fit.limited(CALIBRATION_IMAGES, seed).images
     return normalized_batches(images, bench.normalization, batch_size if isinstance(batch_size, int) else 64)
 
@@ -181,7 +178,6 @@ def score_benchmark(net: nn.Module, bench: Benchmark, methods: Sequence[str], *,
                     runners: Optional[Mapping[str, Any]] = None, cache_dir: Optional[str] = None,
                     on_method: Optional[Callable[[str, "RunScores"], None]] = None) -> RunScores:
     """Fit (where needed) and run every method on the ID test set (plus csid sets with ``fsood``) and OOD sets.
-
     ``runners`` are the methods already built (:func:`.runners.build_runners`); with ``cache_dir`` the finished
     (method, set) scores of the baselines are kept there and read back; ``on_method(name, scores)`` is called as
     each method finishes."""
@@ -239,12 +235,6 @@ def fit_batches(bench: Benchmark, batch_size: int) -> List[Tuple[torch.Tensor, t
     """The fit set as ``(normalized images, labels)`` batches."""
     labels = torch.from_numpy(bench.fit.labels).long().split(batch_size)
     return list(zip(normalized_batches(bench.fit.images, bench.normalization, batch_size), labels))
-
-
-def method_results(scores: RunScores) -> Dict[str, metrics.MethodResult]:
-    """OpenOOD's table for each method of one run."""
-    acc = metrics.accuracy(scores.id_pred, scores.id_labels)
-    return {m: metrics.method_table(m, scores.id[m], scores.ood[m], acc) for m in scores.id}
 
 
 def save_scores(out_dir: str, run_name: str, scores: RunScores) -> List[str]:

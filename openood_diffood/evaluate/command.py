@@ -1,10 +1,6 @@
 """``eval`` and ``demo``: DiffOOD and OpenOOD's baselines on a benchmark, with OpenOOD's table and figures.
-
-``eval`` takes one classifier checkpoint (``--arch --ckpt``) and data as .npz files / image folders; ``demo`` (and
-``eval`` without model or data arguments) runs the small benchmark shipped with the package. OpenOOD's run layout
-and data root (``s*/best.ckpt``, ``benchmark_imglist/``) are ``python -m openood.main``'s job (OpenOOD's own
-Evaluator), so ``eval --root`` / ``--data-root`` stop with one line naming that command.
-"""
+``eval`` takes a classifier (``--arch --ckpt``) and .npz files / image folders; ``demo`` (and ``eval`` without model
+or data) runs the bundled benchmark. OpenOOD's run layout and data root are ``python -m openood.main``'s job."""
 from __future__ import annotations
 
 import argparse

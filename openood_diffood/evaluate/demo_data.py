@@ -1,13 +1,6 @@
-"""The demo benchmark shipped with the package: small real data bundled with scikit-learn / scikit-image, and the
-small classifier and diffusion model trained on it (:mod:`openood_diffood.models.demo`).
-
-* ID: digits 0-5 of scikit-learn's ``load_digits`` (8x8, values 0..16), upscaled to 16x16 grey uint8.
-* near-OOD: the held-out digits 6-9.
-* far-OOD: square patches of the real photographs bundled with scikit-learn and scikit-image, grey, 16x16, with
-  each patch's mean and contrast matched to the ID digits.
-
-Nothing is downloaded.
-"""
+"""The demo benchmark shipped with the package (nothing is downloaded): ID digits 0-5 of scikit-learn's
+``load_digits`` at 16x16, near-OOD digits 6-9, far-OOD grey patches of the photographs bundled with scikit-learn
+and scikit-image matched in mean and contrast; with its small models (:mod:`openood_diffood.models.demo`)."""
 from __future__ import annotations
 
 from typing import Dict, List, Tuple
@@ -88,11 +81,9 @@ def _split(labels: np.ndarray, classes, per_class: Tuple[int, ...], rng: np.rand
 
 def demo_sets(seed: int = 0) -> Dict[str, object]:
     """The demo benchmark (``seed`` fixes the split and the far-OOD patches; the shipped models used seed 0).
-
     Returns ``train``, ``val``, ``test``: (uint8 N x 16 x 16 x 1 images, int64 labels 0..5), ID digits 0-5,
     disjoint; ``near``, ``far``: ``{name: uint8 images}`` test OOD sets (digits 6-9, photo patches);
-    ``val_near``, ``val_far``: validation OOD sets disjoint from the test ones (for choosing settings).
-    """
+    ``val_near``, ``val_far``: validation OOD sets disjoint from the test ones (for choosing settings)."""
     rng = np.random.default_rng(seed)
     images, labels = _digits()
     test, val, train = _split(labels, range(len(DEMO_CLASSES)), (ID_TEST_PER_CLASS, ID_VAL_PER_CLASS), rng)

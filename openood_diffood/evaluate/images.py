@@ -1,17 +1,7 @@
-"""Load a set of images into memory as uint8 NHWC: an .npz, an image folder, or an OpenOOD image list.
-
-A *spec* names the source:
-
-* ``path/to/set.npz``: ``images`` (uint8, N x H x W x C, or N x H x W for grey), optional ``labels`` and ``classes``.
-* ``path/to/folder``: torchvision's ImageFolder layout (one sub-folder per class, sorted names = class ids), or a
-  flat folder of images (no labels).
-* ``path/to/list.txt`` or ``path/to/list.txt::image_root``: OpenOOD's ``benchmark_imglist`` format, one
-  ``relative/path label`` line per image. Without ``::image_root`` the images are looked for under the data root
-  that holds ``benchmark_imglist`` (in ``images_classic/``, ``images_largescale/`` or the root itself).
-
-Resizing (``size``) is torchvision's ``Resize(size)`` then ``CenterCrop(size)`` on the PIL image, as OpenOOD's
-test-time preprocessing does.
-"""
+"""Load a set of images as uint8 NHWC from a *spec*: an ``.npz`` (``images``, optional ``labels``, ``classes``),
+an image folder (ImageFolder layout, or flat without labels), or an OpenOOD image list ``list.txt[::image_root]``
+(without a root, looked for under the data root holding ``benchmark_imglist``). ``size`` resizes as OpenOOD's test
+transform does (``Resize`` then ``CenterCrop``)."""
 from __future__ import annotations
 
 import hashlib
@@ -22,6 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
+from ..errors import ConfigError, MissingFileError
 from ..hashing import file_sha256
 
 _SEP = "::"
@@ -36,13 +27,11 @@ def openood_spec(imglist: str, image_root: str) -> str:
 
 def load_images(spec: str, size: Optional[int] = None) -> Images:
     """(images uint8 N x H x W x C, labels int64 or None when the source has none, class names) of a spec.
-
-    ``size``: resize every image to ``size`` x ``size``. Without it, images of different sizes are an error.
-    """
+    ``size``: resize every image to ``size`` x ``size``. Without it, images of different sizes are an error."""
     path = spec.split(_SEP, 1)[0]
     if not os.path.exists(path):
-        raise FileNotFoundError(f"image source {path!r} does not exist: give an .npz file, an image folder or an "
-                                "OpenOOD image list (.txt)")
+        raise MissingFileError(f"image source {path!r} does not exist: give an .npz file, an image folder or an "
+                               "OpenOOD image list (.txt)")
     if os.path.isdir(path):
         files, labels, classes = _folder_files(path)
         images = _read_files(files, size, source=path)
@@ -52,8 +41,8 @@ def load_images(spec: str, size: Optional[int] = None) -> Images:
         files, labels = _imglist_files(spec)
         images, classes = _read_files(files, size, source=path), []
     else:
-        raise ValueError(f"unsupported image source {path!r}: expected an .npz file, an image folder or an OpenOOD "
-                         "image list (.txt)")
+        raise ConfigError(f"unsupported image source {path!r}: expected an .npz file, an image folder or an OpenOOD "
+                          "image list (.txt)")
     if labels is not None:
         _check_labels(labels, len(images), classes, path)
     return images, labels, classes
@@ -76,38 +65,38 @@ def source_identity(spec: str) -> Dict[str, str]:
 
 def _check_labels(labels: np.ndarray, n: int, classes: Sequence[str], path: str) -> None:
     if labels.shape != (n,):
-        raise ValueError(f"{path!r}: labels have shape {labels.shape} but there are {n} images; give one label per "
-                         "image")
+        raise ConfigError(f"{path!r}: labels have shape {labels.shape} but there are {n} images; give one label per "
+                          "image")
     if labels.min() < -1:
-        raise ValueError(f"{path!r}: label {int(labels.min())} is negative (only -1, 'no class', is allowed)")
+        raise ConfigError(f"{path!r}: label {int(labels.min())} is negative (only -1, 'no class', is allowed)")
     if classes and labels.max() >= len(classes):
-        raise ValueError(f"{path!r}: label {int(labels.max())} is out of range for its {len(classes)} classes "
-                         f"(0..{len(classes) - 1}); fix the labels or the `classes` list")
+        raise ConfigError(f"{path!r}: label {int(labels.max())} is out of range for its {len(classes)} classes "
+                          f"(0..{len(classes) - 1}); fix the labels or the `classes` list")
 
 
 def _read_npz(path: str, size: Optional[int]) -> Images:
     try:
         with np.load(path, allow_pickle=False) as f:
             if "images" not in f.files:
-                raise ValueError(f"{path!r} has no 'images' array (it has {sorted(f.files)}); save the images as "
-                                 "np.savez(path, images=uint8 N x H x W x C, labels=...)")
+                raise ConfigError(f"{path!r} has no 'images' array (it has {sorted(f.files)}); save the images as "
+                                  "np.savez(path, images=uint8 N x H x W x C, labels=...)")
             images = f["images"]
             labels = f["labels"].astype(np.int64) if "labels" in f.files else None
             classes = [str(c) for c in f["classes"]] if "classes" in f.files else []
     except (zipfile.BadZipFile, OSError) as exc:
-        raise ValueError(f"{path!r} is not a readable .npz archive ({exc}); write it with np.savez") from None
+        raise ConfigError(f"{path!r} is not a readable .npz archive ({exc}); write it with np.savez") from None
     except ValueError as exc:
         if "allow_pickle" not in str(exc):
             raise
-        raise ValueError(f"{path!r} holds object arrays (pickled Python objects), which are never loaded; save "
-                         "plain arrays: images uint8 N x H x W x C, labels int, classes str") from None
+        raise ConfigError(f"{path!r} holds object arrays (pickled Python objects), which are never loaded; save "
+                          "plain arrays: images uint8 N x H x W x C, labels int, classes str") from None
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.dtype != np.uint8 or images.shape[-1] not in (1, 3):
-        raise ValueError(f"{path!r}: 'images' must be uint8 N x H x W x C with C = 1 or 3, got {images.dtype} "
-                         f"{images.shape}")
+        raise ConfigError(f"{path!r}: 'images' must be uint8 N x H x W x C with C = 1 or 3, got {images.dtype} "
+                          f"{images.shape}")
     if len(images) == 0:
-        raise ValueError(f"{path!r} holds no images (its 'images' array is empty); pass a set with images")
+        raise ConfigError(f"{path!r} holds no images (its 'images' array is empty); pass a set with images")
     if size is not None and images.shape[1:3] != (size, size):
         from PIL import Image
 
@@ -131,14 +120,14 @@ def _folder_files(path: str) -> Tuple[List[str], Optional[np.ndarray], List[str]
     try:
         folder = ImageFolder(path, loader=str, allow_empty=True)
     except FileNotFoundError as exc:
-        raise ValueError(f"image folder {path!r}: {exc}") from None
+        raise ConfigError(f"image folder {path!r}: {exc}") from None
     files = _nonempty([f for f, _ in folder.samples], path)
     return files, np.asarray(folder.targets, dtype=np.int64), list(folder.classes)
 
 
 def _nonempty(files: List[str], source: str) -> List[str]:
     if not files:
-        raise ValueError(f"image source {source!r} holds no images (.png, .jpg, ...); point it at a folder of images")
+        raise ConfigError(f"image source {source!r} holds no images (.png, .jpg, ...); point it at a folder of images")
     return files
 
 
@@ -148,7 +137,7 @@ def _imglist_files(spec: str) -> Tuple[List[str], Optional[np.ndarray]]:
     with open(listfile) as f:
         rows = [line.strip().split(" ", 1) for line in f if line.strip()]
     if not rows:
-        raise ValueError(f"image list {listfile!r} is empty; it needs one 'relative/path label' line per image")
+        raise ConfigError(f"image list {listfile!r} is empty; it needs one 'relative/path label' line per image")
     root = root or _imglist_root(listfile, rows[0][0])
     files = [os.path.join(root, r[0]) for r in rows]
     if not all(len(r) == 2 for r in rows):
@@ -156,7 +145,7 @@ def _imglist_files(spec: str) -> Tuple[List[str], Optional[np.ndarray]]:
     try:
         labels = np.asarray([int(r[1].split()[0]) for r in rows], dtype=np.int64)
     except ValueError:
-        raise ValueError(f"image list {listfile!r}: expected 'path label' lines with an integer label") from None
+        raise ConfigError(f"image list {listfile!r}: expected 'path label' lines with an integer label") from None
     return files, labels
 
 
@@ -169,8 +158,8 @@ def _imglist_root(listfile: str, first: str) -> str:
     for c in candidates:
         if os.path.isfile(os.path.join(c, first)):
             return c
-    raise FileNotFoundError(f"image list {listfile!r}: its first image {first!r} is not under any of {candidates}; "
-                            f"give the image folder as {listfile}{_SEP}<image root>")
+    raise MissingFileError(f"image list {listfile!r}: its first image {first!r} is not under any of {candidates}; "
+                           f"give the image folder as {listfile}{_SEP}<image root>")
 
 
 def _to_size(img, size: int) -> np.ndarray:
@@ -186,7 +175,7 @@ def _read_files(files: Sequence[str], size: Optional[int], source: str) -> np.nd
 
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} images listed by {source!r} are missing, e.g. {missing[0]!r}")
+        raise MissingFileError(f"{len(missing)} images listed by {source!r} are missing, e.g. {missing[0]!r}")
     arrays = []
     for f in tqdm(files, desc=f"reading {os.path.basename(source)}", leave=False, disable=len(files) < 1000):
         with Image.open(f) as im:
@@ -201,8 +190,8 @@ def _stack(arrays: List[np.ndarray], source: str, files: Optional[Sequence[str]]
     if len(sizes) > 1:
         names = files or [f"image {i}" for i in range(len(arrays))]
         examples = ", ".join(f"{names[i]} is {h}x{w}" for (h, w), i in list(sizes.items())[:2])
-        raise ValueError(f"images of {source!r} have mixed sizes ({examples}); resize them to one size first "
-                         "(eval --image-size N)")
+        raise ConfigError(f"images of {source!r} have mixed sizes ({examples}); resize them to one size first "
+                          "(eval --image-size N)")
     if all(a.ndim == 2 for a in arrays):
         return np.stack(arrays)[..., None]
     return np.stack([np.repeat(a[..., None], 3, -1) if a.ndim == 2 else a for a in arrays])

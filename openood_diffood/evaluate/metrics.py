@@ -1,16 +1,6 @@
-"""OOD metrics with OpenOOD v1.5's conventions, OpenOOD-style tables, and the CSV / JSON result files.
-
-Scores passed in follow this package's convention: higher = more OOD. OpenOOD's ``compute_all_metrics`` takes
-``conf = -score``; the numbers here are identical to it (``openood/evaluators/metrics.py``):
-
-* ``FPR@95``: OOD is the positive class; the fraction of ID images flagged as OOD at the first threshold that
-  detects at least 95% of the OOD images (OpenOOD v1.5's definition);
-* ``AUROC``: area under the ROC curve (OOD positive);
-* ``AUPR_IN``: area (trapezoidal, as OpenOOD) under the precision-recall curve with ID as the positive class;
-* ``AUPR_OUT``: the same with OOD as the positive class.
-
-Tables report percentages, like OpenOOD's ``Evaluator.eval_ood``.
-"""
+"""OOD metrics identical to OpenOOD v1.5's ``compute_all_metrics`` (``openood/evaluators/metrics.py``), tables and
+result files. Scores are higher = more OOD (OpenOOD's ``conf`` is ``-score``); OOD is the positive class for
+``FPR@95`` and ``AUROC``, ``AUPR_IN`` / ``AUPR_OUT`` take ID / OOD as positive; tables give percentages."""
 from __future__ import annotations
 
 import csv
@@ -25,6 +15,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 from sklearn import metrics as skm
 
+from ..errors import ConfigError
 from .tables import format_table
 
 METRICS = ("FPR@95", "AUROC", "AUPR_IN", "AUPR_OUT")
@@ -35,9 +26,9 @@ SPLITS = ("near", "far")
 def _check_scores(name: str, score: np.ndarray) -> np.ndarray:
     score = np.asarray(score, dtype=np.float64).ravel()
     if score.size == 0:
-        raise ValueError(f"{name}: no scores (the set is empty)")
+        raise ConfigError(f"{name}: no scores (the set is empty)")
     if not np.isfinite(score).all():
-        raise ValueError(f"{name}: {int((~np.isfinite(score)).sum())} scores are NaN or inf")
+        raise ConfigError(f"{name}: {int((~np.isfinite(score)).sum())} scores are NaN or inf")
     return score
 
 
@@ -61,7 +52,7 @@ def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of correct predictions."""
     pred, labels = np.asarray(pred).ravel(), np.asarray(labels).ravel()
     if pred.shape != labels.shape or pred.size == 0:
-        raise ValueError(f"accuracy needs as many predictions as labels (got {pred.size} and {labels.size})")
+        raise ConfigError(f"accuracy needs as many predictions as labels (got {pred.size} and {labels.size})")
     return float((pred == labels).mean())
 
 
@@ -77,9 +68,7 @@ class MethodResult:
 def method_table(method: str, id_score: np.ndarray, ood_scores: Mapping[str, Mapping[str, np.ndarray]],
                  id_accuracy: float) -> MethodResult:
     """Per-set metrics (percent) plus the near / far means, as the rows of OpenOOD's table.
-
-    ``ood_scores`` is ``{"near": {name: scores}, "far": {name: scores}}`` (either split may be empty).
-    """
+    ``ood_scores`` is ``{"near": {name: scores}, "far": {name: scores}}`` (either split may be empty)."""
     rows: Dict[str, Dict[str, float]] = {}
     splits: Dict[str, str] = {}
     for split in SPLITS:
@@ -94,7 +83,7 @@ def method_table(method: str, id_score: np.ndarray, ood_scores: Mapping[str, Map
             rows[f"{split}ood"] = {k: float(np.mean([m[k] for m in per_set])) for k in COLUMNS}
             splits[f"{split}ood"] = split
     if not rows:
-        raise ValueError("no OOD sets to evaluate: give at least one near or far OOD set")
+        raise ConfigError("no OOD sets to evaluate: give at least one near or far OOD set")
     return MethodResult(method, rows, splits)
 
 
@@ -138,9 +127,7 @@ def format_summary(results: Mapping[str, Sequence[MethodResult]]) -> str:
 def write_results(out_dir: str, results: Mapping[str, Sequence[MethodResult]],
                   run_names: Sequence[str], meta: Optional[dict] = None) -> List[str]:
     """Write ``metrics.csv`` (one row per method, run and set; plus mean rows across runs) and ``metrics.json``.
-
-    Returns the paths written.
-    """
+    Returns the paths written."""
     os.makedirs(out_dir, exist_ok=True)
     csv_path, json_path = os.path.join(out_dir, "metrics.csv"), os.path.join(out_dir, "metrics.json")
     with open(csv_path, "w", newline="") as f:

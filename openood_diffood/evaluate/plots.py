@@ -28,9 +28,7 @@ def score_histograms(out_dir: str, id_scores: Mapping[str, np.ndarray],
                      ood_scores: Mapping[str, Mapping[str, np.ndarray]], dpi: int = 110) -> List[str]:
     """One PNG per OOD set (``hist_<set>.png``): a panel per method, ID vs that set, with the set's AUROC and the
     threshold at which 95 % of the OOD set is detected (the FPR@95 point).
-
-    ``id_scores[method]`` are the ID test scores; ``ood_scores[set_name][method]`` the OOD scores (higher = OOD).
-    """
+    ``id_scores[method]`` are the ID test scores; ``ood_scores[set_name][method]`` the OOD scores (higher = OOD)."""
     os.makedirs(out_dir, exist_ok=True)
     methods = list(id_scores)
     cols = min(4, len(methods))
@@ -76,10 +74,8 @@ def reconstruction_grid(path: str, images: torch.Tensor, recs: torch.Tensor, sco
                         suptitle: str = "DiffOOD: inputs (top, with set and score) and their reconstructions",
                         dpi: int = 110) -> str:
     """A PNG with one column per image: the input on top, its DiffOOD reconstructions below, score in the title.
-
     ``images`` (N, C, H, W) and ``recs`` (N, R, C, H, W) are in [0, 1]; ``titles`` describe each input (its set,
-    classes); ``rec_titles[n][r]`` label each reconstruction (e.g. the classifier's prediction on it).
-    """
+    classes); ``rec_titles[n][r]`` label each reconstruction (e.g. the classifier's prediction on it)."""
     n, r = recs.shape[0], recs.shape[1]
     if images.shape[0] != n or len(scores) != n or len(titles) != n:
         raise ValueError(f"reconstruction_grid: {images.shape[0]} images, {n} reconstructions, {len(scores)} scores "

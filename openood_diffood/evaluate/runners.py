@@ -1,9 +1,6 @@
-"""The methods ``eval`` runs, built and checked before any scoring, and where their finished scores are kept.
-
-DiffOOD's per-image scores are kept by its engine's score cache (``cache_dir``); every other method's scores are
-kept per set by :class:`SetStore`, under a key that covers the method, its backend, the classifier's weights and
-the fit set, so an interrupted or repeated ``eval`` recomputes only what did not finish.
-"""
+"""The methods ``eval`` runs, built and checked before any scoring. DiffOOD's scores are kept by the engine's
+score cache; every other method's per set by :class:`SetStore`, keyed by method, backend, classifier weights and
+fit set, so a repeated ``eval`` recomputes only what did not finish."""
 from __future__ import annotations
 
 import os

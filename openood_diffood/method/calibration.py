@@ -12,6 +12,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
+from ..errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -27,12 +29,12 @@ class Calibration:
         """Statistics of ID validation scores, one tensor (N,) per score (at least two images, not all equal)."""
         cols = [c.double().flatten() for c in columns]
         if cols[0].numel() < 2 or any(c.shape != cols[0].shape for c in cols):
-            raise ValueError(f"calibration needs at least two ID validation images with one value of every score "
-                             f"each, got {[c.numel() for c in cols]} values")
+            raise ConfigError(f"calibration needs at least two ID validation images with one value of every score "
+                              f"each, got {[c.numel() for c in cols]} values")
         stats = cls(tuple(c.mean().item() for c in cols), tuple(c.std().item() for c in cols), cols[0].numel())
         if not all(s > 0 for s in stats.stds):
-            raise ValueError("the ID validation scores are all equal (zero spread): calibrate on more, and varied, "
-                             "ID images")
+            raise ConfigError("the ID validation scores are all equal (zero spread): calibrate on more, and varied, "
+                              "ID images")
         return stats
 
     def combine(self, *columns: torch.Tensor, weights: Optional[Sequence[float]] = None) -> torch.Tensor:

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 _LAYER = re.compile(r"^layer(\d+)$")
 
 
@@ -36,8 +38,8 @@ def last_linear(net: nn.Module) -> nn.Linear:
         return net.get_fc_layer()
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise TypeError(f"{type(net).__name__} has no nn.Linear: cannot find the penultimate feature "
-                        "(wrap it so that forward(x, return_feature=True) returns (logits, feature))")
+        raise ConfigError(f"{type(net).__name__} has no nn.Linear: cannot find the penultimate feature "
+                          "(wrap it so that forward(x, return_feature=True) returns (logits, feature))")
     return linears[-1]
 
 
@@ -69,7 +71,7 @@ class Classifier(nn.Module):
             return logits, feat.flatten(1)
         match = _LAYER.match(space)
         if match is None:
-            raise ValueError(f"the classifier has no feature space {space!r}: use logit, feature or layer<k>")
+            raise ConfigError(f"the classifier has no feature space {space!r}: use logit, feature or layer<k>")
         logits, layer = self.layer(x, int(match.group(1)))
         return logits, layer.flatten(1)
 
@@ -90,13 +92,13 @@ class Classifier(nn.Module):
         if self.openood_style:
             logits, feats = self.net(x, return_feature_list=True)
             if not 0 <= k < len(feats):
-                raise ValueError(f"space layer{k}: the net returns {len(feats)} feature maps "
-                                 f"(layer0..layer{len(feats) - 1})")
+                raise ConfigError(f"space layer{k}: the net returns {len(feats)} feature maps "
+                                  f"(layer0..layer{len(feats) - 1})")
             return logits, feats[k]
         stages = sorted(int(m.group(1)) for name, _ in self.net.named_children() if (m := _LAYER.match(name)))
         if k not in stages and not (k == 0 and stages):
-            raise ValueError(f"space layer{k}: {type(self.net).__name__} has no child module 'layer{k}' (has "
-                             f"{['layer%d' % i for i in stages]}; layer0 is the input of the first)")
+            raise ConfigError(f"space layer{k}: {type(self.net).__name__} has no child module 'layer{k}' (has "
+                              f"{['layer%d' % i for i in stages]}; layer0 is the input of the first)")
         captured: List[torch.Tensor] = []
         if k in stages:
             handle = getattr(self.net, f"layer{k}").register_forward_hook(lambda m, inp, out: captured.append(out))

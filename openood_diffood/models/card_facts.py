@@ -1,7 +1,6 @@
-"""What the engine relies on about a diffusion model, machine-readable in its model card (``README.md``): the YAML
-metadata's ``diffood`` mapping (``max_timestep``: trained on timesteps below it; ``null_class``: the label of
-guidance's unconditional branch), written by ``train`` and ``convert`` and read with huggingface_hub's
-``ModelCard``. Older cards of ``train`` recorded ``max_timestep`` only in a Markdown table; that is still read."""
+"""Model facts the engine relies on, in the model card's YAML metadata ``diffood`` mapping (``max_timestep``,
+``null_class``), written by ``train`` / ``convert`` and read with huggingface_hub's ``ModelCard``; older cards'
+Markdown ``max_timestep`` is still read."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,6 +8,8 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
+
+from ..errors import ConfigError
 
 #: The metadata key holding the facts.
 FACTS_KEY = "diffood"
@@ -45,12 +46,12 @@ def read_facts(model_dir: str) -> ModelFacts:
 
         facts = ModelCard.load(path).data.to_dict().get(FACTS_KEY) or {}
         if not isinstance(facts, dict):
-            raise ValueError(f"{path}: metadata '{FACTS_KEY}' must be a mapping (max_timestep, null_class), got "
-                             f"{facts!r}; fix the model card")
+            raise ConfigError(f"{path}: metadata '{FACTS_KEY}' must be a mapping (max_timestep, null_class), got "
+                              f"{facts!r}; fix the model card")
     if "max_timestep" not in facts and (match := _PROSE_MAX_TIMESTEP.search(text)):
         facts = {**facts, "max_timestep": match.group(1)}
     try:
         return ModelFacts(**{f.name: None if facts.get(f.name) is None else int(facts[f.name])
                              for f in dataclasses.fields(ModelFacts)})
     except ValueError:
-        raise ValueError(f"{path}: metadata '{FACTS_KEY}' holds a non-integer ({facts}); fix the model card") from None
+        raise ConfigError(f"{path}: metadata '{FACTS_KEY}' holds a non-integer ({facts}); fix the model card") from None

@@ -1,7 +1,5 @@
-"""LDM's class conditioning as a diffusers model: one learned context token per class (``ClassEmbedder`` of
-CompVis latent diffusion), the null class of guidance last. ``class_embedder/`` of a converted LDM directory holds
-it: ``config.json`` and ``diffusion_pytorch_model.safetensors`` with ``embedding.weight`` (classes + 1, context dim),
-which plain ``safetensors`` reads too."""
+"""LDM's class conditioning as a diffusers model (CompVis ``ClassEmbedder``): one learned context token per
+class, the null class last; ``class_embedder/`` of a converted LDM holds its ``embedding.weight``."""
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ from typing import Optional
 
 from torch import nn
 
+from ..errors import ConfigError
 from ..method.features import last_linear
 from .checkpoints import load_state_dict_file
 from .networks import cifar_resnet, resnet18_32x32
@@ -23,7 +24,7 @@ def build_classifier(arch: str, num_classes: int) -> nn.Module:
     import torchvision
 
     if arch not in torchvision.models.list_models():
-        raise ValueError(f"unknown --arch {arch!r}; use {ARCHITECTURES}")
+        raise ConfigError(f"unknown --arch {arch!r}; use {ARCHITECTURES}")
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
 
 
@@ -45,18 +46,18 @@ def load_classifier(arch: str, ckpt: str, num_classes: Optional[int] = None) -> 
     state = load_state_dict_file(ckpt)
     key = head_key(arch)
     if key not in state:
-        raise ValueError(f"checkpoint {ckpt!r} has no {key!r}: it is not a {arch} state dict; pass the --arch it "
-                         f"was trained with ({ARCHITECTURES})")
+        raise ConfigError(f"checkpoint {ckpt!r} has no {key!r}: it is not a {arch} state dict; pass the --arch it "
+                          f"was trained with ({ARCHITECTURES})")
     found = int(state[key].shape[0])
     if num_classes is not None and num_classes != found:
-        raise ValueError(f"--num-classes {num_classes} does not match checkpoint {ckpt!r}, whose head has {found} "
-                         "classes; drop --num-classes (it is read from the checkpoint) or pass the right file")
+        raise ConfigError(f"--num-classes {num_classes} does not match checkpoint {ckpt!r}, whose head has {found} "
+                          "classes; drop --num-classes (it is read from the checkpoint) or pass the right file")
     net = build_classifier(arch, found)
     _check_shapes(net, state, arch, ckpt)
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"checkpoint {ckpt!r} does not fit --arch {arch}: missing {missing[:5]}, unexpected "
-                         f"{unexpected[:5]}; pass the architecture it was trained with ({ARCHITECTURES})")
+        raise ConfigError(f"checkpoint {ckpt!r} does not fit --arch {arch}: missing {missing[:5]}, unexpected "
+                          f"{unexpected[:5]}; pass the architecture it was trained with ({ARCHITECTURES})")
     return net.eval()
 
 
@@ -64,6 +65,6 @@ def _check_shapes(net: nn.Module, state: dict, arch: str, ckpt: str) -> None:
     own = net.state_dict()
     for k, v in state.items():
         if k in own and own[k].shape != v.shape:
-            raise ValueError(f"checkpoint {ckpt!r} does not fit --arch {arch}: {k} has shape {tuple(v.shape)} there "
-                             f"but {tuple(own[k].shape)} in {arch}; pass the architecture it was trained with "
-                             f"({ARCHITECTURES})")
+            raise ConfigError(f"checkpoint {ckpt!r} does not fit --arch {arch}: {k} has shape {tuple(v.shape)} there "
+                              f"but {tuple(own[k].shape)} in {arch}; pass the architecture it was trained with "
+                              f"({ARCHITECTURES})")

@@ -8,6 +8,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from ..errors import MissingFileError
 from .checkpoints import load_state_dict_file
 
 #: The demo's classes (digits 0-5).
@@ -53,8 +54,8 @@ def load_demo_models(device: str = "cpu") -> Tuple[nn.Module, str]:
     diffusion_dir = os.path.join(ASSETS, DIFFUSION_DIR)
     missing = [p for p in (classifier_path, os.path.join(diffusion_dir, "unet")) if not os.path.exists(p)]
     if missing:
-        raise FileNotFoundError(f"demo assets missing: {missing}; rebuild them with "
-                                "`python scripts/make_demo_assets.py`")
+        raise MissingFileError(f"demo assets missing: {missing}; rebuild them with "
+                               "`python scripts/make_demo_assets.py`")
     net = DemoNet()
     net.load_state_dict(load_state_dict_file(classifier_path))
     return net.eval().to(device), diffusion_dir

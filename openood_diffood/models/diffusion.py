@@ -6,16 +6,13 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class DiffusionBackend(nn.Module):
-    """A noise-prediction network with its training noise schedule.
-
-    Subclasses map images in [-1, 1] to the space the network denoises (``encode`` / ``decode``; identity for
-    pixel models) and predict epsilon there with ``network``. ``num_classes`` is the number of real classes (None
-    for an unconditional model); ``null_class`` is the label of the unconditional branch of guidance.
-    ``max_timestep``, when known (the model card of ``python -m openood_diffood train``), is the largest timestep
-    the model was trained on.
-    """
+    """A noise-prediction network (``network``, epsilon) with its training noise schedule; ``encode`` / ``decode``
+    map images in [-1, 1] to the space it denoises. ``num_classes``: real classes (None: unconditional); ``null_class``:
+    guidance's unconditional label; ``max_timestep``: the largest trained timestep, when known."""
 
     def __init__(self, alphas_cumprod: torch.Tensor, num_classes: Optional[int], null_class: Optional[int],
                  sample_size: int, max_timestep: Optional[int] = None) -> None:
@@ -66,7 +63,7 @@ def resolve_null_class(num_embeds: int, null_class: Optional[int]) -> Tuple[int,
     num_classes = num_embeds - 1
     null_class = num_classes if null_class is None else int(null_class)
     if not 0 <= null_class < num_embeds:
-        raise ValueError(f"null class {null_class} outside the model's {num_embeds} class embeddings")
+        raise ConfigError(f"null class {null_class} outside the model's {num_embeds} class embeddings")
     return num_classes, null_class
 
 
@@ -76,8 +73,8 @@ def learned_sigma_eps(out: torch.Tensor, in_channels: int) -> torch.Tensor:
     if out.shape[1] == 2 * in_channels:
         return out[:, :in_channels]
     if out.shape[1] != in_channels:
-        raise ValueError(f"the denoiser returns {out.shape[1]} channels for {in_channels} input channels; expected "
-                         f"{in_channels} (epsilon) or {2 * in_channels} (epsilon + learned sigma)")
+        raise ConfigError(f"the denoiser returns {out.shape[1]} channels for {in_channels} input channels; expected "
+                          f"{in_channels} (epsilon) or {2 * in_channels} (epsilon + learned sigma)")
     return out
 
 

@@ -1,10 +1,6 @@
-"""Latent diffusion backends: an ``AutoencoderKL`` in front of a DiT transformer or a class-conditional UNet, and
-LDM's ``VQModel`` in front of a ``UNet2DConditionModel`` conditioned on a class token.
-
-The engine sees pixels: ``sample_size`` is the pixel size the model expects (latent size x the VAE's
-downsampling factor, 32 x 8 = 256 for DiT-XL-2-256), ``encode`` takes images in [-1, 1] to scaled latents and
-``decode`` takes them back. :mod:`openood_diffood.models.loading` recognises the layouts from a directory's files.
-"""
+"""Latent diffusion backends: an ``AutoencoderKL`` before a DiT or a class-conditional UNet, and LDM's ``VQModel``
+before a class-token ``UNet2DConditionModel``. The engine sees pixels: ``sample_size`` is the pixel size (latent size
+x the VAE's factor), ``encode`` / ``decode`` map images in [-1, 1] to scaled latents and back."""
 from __future__ import annotations
 
 from typing import Optional
@@ -12,6 +8,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .diffusion import DiffusionBackend, learned_sigma_eps, resolve_null_class
 
 
@@ -22,18 +19,16 @@ def vae_scale_factor(vae: nn.Module) -> int:
 
 class DiTDenoiser(DiffusionBackend):
     """A diffusers ``DiTTransformer2DModel`` in its own latent space, called as ``DiTPipeline`` calls it.
-
     Real classes are ``0 .. num_embeds_ada_norm - 1``; the null class of guidance is ``num_embeds_ada_norm``
     (the extra row of DiT's label table that classifier-free training drops labels to: 1000 for DiT-XL-2-256).
-    With learned sigma the first half of the output channels is the noise prediction.
-    """
+    With learned sigma the first half of the output channels is the noise prediction."""
 
     def __init__(self, transformer: nn.Module, alphas_cumprod: torch.Tensor,
                  null_class: Optional[int] = None) -> None:
         classes = transformer.config.num_embeds_ada_norm
         if classes is None:
-            raise ValueError("the DiT transformer has no class embedding (num_embeds_ada_norm is None); DiffOOD "
-                             "needs a class-conditional DiT such as facebook/DiT-XL-2-256")
+            raise ConfigError("the DiT transformer has no class embedding (num_embeds_ada_norm is None); DiffOOD "
+                              "needs a class-conditional DiT such as facebook/DiT-XL-2-256")
         num_classes, null_class = resolve_null_class(classes + 1, null_class)
         super().__init__(alphas_cumprod, num_classes, null_class, transformer.config.sample_size)
         self.transformer = transformer.eval().requires_grad_(False)
@@ -72,13 +67,8 @@ class ClassTokenUNet(DiffusionBackend):
 
 
 class LatentBackend(DiffusionBackend):
-    """A latent denoiser (any :class:`DiffusionBackend` on latents) behind an ``AutoencoderKL``.
-
-    ``encode`` uses the mean of the VAE's posterior, not a sample, so that the latent of an image is
-    deterministic and the only randomness of a score is its per-image diffusion noise. Latents are scaled by the
-    VAE's ``scaling_factor`` (0.18215 for the Stable Diffusion VAE of DiT) after subtracting its
-    ``shift_factor`` when the config has one, as diffusers' pipelines do.
-    """
+    """A latent denoiser behind an ``AutoencoderKL``: ``encode`` takes the posterior's mean (deterministic, so a
+    score's only randomness is its diffusion noise), shifted and scaled as diffusers' pipelines do."""
 
     def __init__(self, denoiser: DiffusionBackend, vae: nn.Module) -> None:
         factor = vae_scale_factor(vae)

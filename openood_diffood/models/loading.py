@@ -1,15 +1,7 @@
-"""Load a diffusion backend from a diffusers directory or hub id, recognising the layout from its own files.
-
-* pixel: ``unet/`` (``UNet2DModel``) and ``scheduler/``, as ``python -m openood_diffood train`` writes them;
-* DiT: ``transformer/`` (``DiTTransformer2DModel``), ``vae/`` (``AutoencoderKL``) and ``scheduler/``, as
-  ``DiTPipeline.save_pretrained`` writes them (e.g. a local copy of ``facebook/DiT-XL-2-256``);
-* latent UNet: ``unet/`` (class-conditional ``UNet2DModel``), ``vae/`` and ``scheduler/``;
-* LDM: ``unet/`` (``UNet2DConditionModel``), ``vqvae/`` (``VQModel``), ``class_embedder/`` and ``scheduler/``, as
-  ``python -m openood_diffood convert --from ldm`` writes CompVis latent diffusion's cin256-v2.
-
-A name that looks like a local path and does not exist is an error at once (never a hub lookup); a hub id that
-cannot be reached fails within seconds with the command that downloads it.
-"""
+"""Load a diffusion backend from a diffusers directory or hub id, recognising the layout from its files: pixel
+(``unet/``, ``scheduler/``), DiT (``transformer/``, ``vae/``), latent UNet (``unet/``, ``vae/``) or LDM (``unet/``,
+``vqvae/``, ``class_embedder/``). A local-looking path that does not exist fails at once; an unreachable hub id
+within seconds, with the command that downloads it."""
 from __future__ import annotations
 
 import json
@@ -18,6 +10,7 @@ from typing import Optional, Set, Union
 
 import torch
 
+from ..errors import ConfigError, MissingFileError
 from .card_facts import ModelFacts, read_facts
 from .diffusion import DiffusionBackend, PixelUNetBackend
 from .latent import ClassTokenUNet, DiTDenoiser, LatentBackend, VQLatentBackend
@@ -63,8 +56,8 @@ def check_model_dir(path: str, layout: str) -> None:
         elif not any(os.path.isfile(os.path.join(path, found[0], w)) for w in WEIGHT_FILES):
             missing.append(f"{found[0]}/{WEIGHT_FILES[0]} (the weights)")
     if missing:
-        raise FileNotFoundError(f"incomplete diffusion model directory {path!r}: missing {', '.join(missing)}. "
-                                + description)
+        raise MissingFileError(f"incomplete diffusion model directory {path!r}: missing {', '.join(missing)}. "
+                               + description)
 
 
 def components(path: str, **hub_kwargs) -> Set[str]:
@@ -105,8 +98,8 @@ def alphas_cumprod_from_scheduler(path: str, **hub_kwargs) -> torch.Tensor:
 
     scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", **hub_kwargs)
     if scheduler.config.prediction_type != "epsilon":
-        raise ValueError(f"only epsilon-prediction models are supported, the scheduler says "
-                         f"{scheduler.config.prediction_type!r}")
+        raise ConfigError(f"only epsilon-prediction models are supported, the scheduler says "
+                          f"{scheduler.config.prediction_type!r}")
     return scheduler.alphas_cumprod.double()
 
 
@@ -119,24 +112,23 @@ def _check_hub(repo_id: str, hub_kwargs: dict) -> None:
     try:
         model_info(repo_id, timeout=HUB_TIMEOUT_SECONDS, token=hub_kwargs.get("token"))
     except Exception as exc:  # offline, unknown repo, no permission: all end the same way
-        raise OSError(f"diffusion model {repo_id!r} is not a local directory and the Hugging Face Hub could not be "
-                      f"reached for it ({type(exc).__name__}); download it where there is a network (`huggingface-cli "
-                      f"download {repo_id} --local-dir <dir>`) and pass that directory") from None
+        raise MissingFileError(f"diffusion model {repo_id!r} is not a local directory and the Hugging Face Hub could "
+                               f"not be reached for it ({type(exc).__name__}); download it where there is a network "
+                               f"(`huggingface-cli download {repo_id} --local-dir <dir>`) and pass that "
+                               "directory") from None
 
 
 def load_diffusion(path: Union[str, os.PathLike], null_class: Optional[int] = None,
                    torch_dtype: Optional[torch.dtype] = None, **hub_kwargs) -> DiffusionBackend:
     """Load a diffusion backend from a diffusers directory or hub id (see the module docstring).
-
     ``null_class`` defaults to the one the model card records, else the model's extra class (the last class
     embedding; ``num_embeds_ada_norm`` for DiT); ``max_timestep`` comes from the card (:mod:`.card_facts`).
-    ``torch_dtype`` is the dtype of the weights (default fp32; the engine's autocast sets the compute precision).
-    """
+    ``torch_dtype`` is the dtype of the weights (default fp32; the engine's autocast sets the compute precision)."""
     path = os.path.expanduser(os.fspath(path))
     local = os.path.isdir(path)
     if not local and looks_local(path):
-        raise FileNotFoundError(f"diffusion model directory {path!r} does not exist; pass a directory written by "
-                                "`python -m openood_diffood train` (unet/ + scheduler/) or a hub id (org/name)")
+        raise MissingFileError(f"diffusion model directory {path!r} does not exist; pass a directory written by "
+                               "`python -m openood_diffood train` (unet/ + scheduler/) or a hub id (org/name)")
     if not local:
         _check_hub(path, hub_kwargs)
     parts = components(path, **hub_kwargs)
@@ -158,8 +150,8 @@ def load_diffusion(path: Union[str, os.PathLike], null_class: Optional[int] = No
 
     kind = next((d for d in LATENT_DENOISERS if d in parts), None)
     if kind is None:
-        raise FileNotFoundError(f"latent diffusion model {path!r} has no denoiser: expected transformer/ (DiT) or "
-                                "unet/ (UNet2DModel) next to vae/")
+        raise MissingFileError(f"latent diffusion model {path!r} has no denoiser: expected transformer/ (DiT) or "
+                               "unet/ (UNet2DModel) next to vae/")
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch_dtype, **hub_kwargs)
     if kind == "transformer":
         model = DiTTransformer2DModel.from_pretrained(path, subfolder="transformer", torch_dtype=torch_dtype,
@@ -175,8 +167,8 @@ def load_diffusion(path: Union[str, os.PathLike], null_class: Optional[int] = No
 def check_latent_channels(kind: str, model, vae) -> None:
     """The denoiser must take the latents the autoencoder makes."""
     if model.config.in_channels != vae.config.latent_channels:
-        raise ValueError(f"{kind}/ expects {model.config.in_channels} input channels but the VAE makes "
-                         f"{vae.config.latent_channels}-channel latents: the two parts do not belong together")
+        raise ConfigError(f"{kind}/ expects {model.config.in_channels} input channels but the VAE makes "
+                          f"{vae.config.latent_channels}-channel latents: the two parts do not belong together")
 
 
 def load_ldm(path: str, alphas_cumprod: torch.Tensor, null_class: Optional[int] = None,
@@ -191,6 +183,6 @@ def load_ldm(path: str, alphas_cumprod: torch.Tensor, null_class: Optional[int] 
     embedder = ClassEmbedder.from_pretrained(path, subfolder="class_embedder", torch_dtype=torch_dtype, **hub_kwargs)
     check_latent_channels("unet", unet, vqvae)
     if embedder.config.embedding_dim != unet.config.cross_attention_dim:
-        raise ValueError(f"class_embedder/ makes {embedder.config.embedding_dim}-d tokens but unet/ attends to "
-                         f"{unet.config.cross_attention_dim}-d context: the two parts do not belong together")
+        raise ConfigError(f"class_embedder/ makes {embedder.config.embedding_dim}-d tokens but unet/ attends to "
+                          f"{unet.config.cross_attention_dim}-d context: the two parts do not belong together")
     return VQLatentBackend(ClassTokenUNet(unet, embedder, alphas_cumprod, null_class=null_class), vqvae)

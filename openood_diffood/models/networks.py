@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class _BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int, shortcut: str) -> None:
@@ -73,6 +75,6 @@ def resnet18_32x32(num_classes: int = 10) -> nn.Module:
 def cifar_resnet(depth: int, num_classes: int = 10) -> nn.Module:
     """akamaster's CIFAR ResNet-{20,32,44,56} (option-A shortcuts, ``linear`` head)."""
     if (depth - 2) % 6:
-        raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
+        raise ConfigError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
     n = (depth - 2) // 6
     return _CifarResNet([16, 32, 64], [n, n, n], num_classes, "pad", "linear")

@@ -1,6 +1,5 @@
 """Everything about OpenOOD itself: importing it (with an install hint), the shims its import and its ``.cuda()``
 calls need on some machines, where its checkout keeps ``configs/`` and ``data/``, and its benchmark tables.
-
 Light to import (the start-up hook uses it): torch is imported only by :func:`cuda_calls_stay_put`."""
 from __future__ import annotations
 
@@ -14,6 +13,8 @@ import sys
 import types
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+
+from ..errors import ConfigError, MissingPackageError
 
 INSTALL_HINT = (
     "OpenOOD v1.5 is not on PyPI; install it from its git repository: "
@@ -76,13 +77,9 @@ def require_openood(module: str = "openood") -> types.ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         if exc.name is not None and exc.name.split(".")[0] != "openood":
-            raise  # OpenOOD is there but one of its own dependencies is missing: show that error
-        raise ImportError(f"{module} is needed here. {INSTALL_HINT}") from exc
-
-
-def openood_available() -> bool:
-    """True when OpenOOD can be imported."""
-    return importlib.util.find_spec("openood") is not None
+            raise MissingPackageError(f"OpenOOD is installed but cannot import {exc.name} ({exc}); install "
+                                      f"{exc.name.split('.')[0]}") from exc
+        raise MissingPackageError(f"{module} is needed here. {INSTALL_HINT}") from exc
 
 
 def openood_checkout() -> Optional[Path]:
@@ -175,5 +172,5 @@ def safe_pickle_load(path: str) -> Any:
         try:
             return _LeaderboardUnpickler(f).load()
         except pickle.UnpicklingError as exc:
-            raise ValueError(f"{path} references {exc}, which this command does not unpickle (it could run code); "
-                             "delete the file and it is computed again") from None
+            raise ConfigError(f"{path} references {exc}, which this command does not unpickle (it could run code); "
+                              "delete the file and it is computed again") from None

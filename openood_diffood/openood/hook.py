@@ -1,15 +1,7 @@
-"""Start-up hook, imported by ``openood_diffood.pth`` when Python starts: registers DiffOOD with OpenOOD.
-
-It imports nothing heavy: it watches for OpenOOD's modules and acts right when they load, so OpenOOD's own
-``scripts/eval_ood.py --postprocessor diffood``, ``main.py`` and the ``Evaluator`` work unmodified:
-
-* ``openood``: first the shims its import needs on current stacks (:func:`.compat.install_import_shims`);
-* OpenOOD's postprocessor lookups: patched so that ``diffood`` / ``diffood_imagenet`` resolve, and its
-  ``Evaluator``: run on the CPU where there is no CUDA (:func:`.registry.patch_module`);
-* ``openood.main``: where OpenOOD has none, this package's (:mod:`.main`), so ``python -m openood.main`` runs.
-
-Set ``OPENOOD_DIFFOOD_AUTOREGISTER=0`` to switch all of it off.
-"""
+"""Start-up hook (``openood_diffood.pth``): registers DiffOOD with OpenOOD as OpenOOD's modules load, importing
+nothing heavy, so ``scripts/eval_ood.py --postprocessor diffood``, ``main.py`` and the ``Evaluator`` work unmodified:
+import shims for ``openood``, patched postprocessor lookups and a CPU ``Evaluator``, and ``python -m openood.main``
+where OpenOOD has none. ``OPENOOD_DIFFOOD_AUTOREGISTER=0`` switches it off."""
 import importlib.abc
 import importlib.util
 import os

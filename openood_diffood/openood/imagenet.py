@@ -15,6 +15,8 @@ import os
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ..errors import ConfigError, MissingFileError
+
 _WNID = re.compile(r"(?:^|/)(n\d{8})(?=/|_)")
 _SPLITS = ("test", "val", "train")
 #: The classes of ImageNet-1K, the class set of a diffusion model conditioned on 1000 classes (DiT, cin256-v2).
@@ -33,7 +35,7 @@ def wnid_labels(lines: Iterable[str], where: str) -> Dict[str, int]:
             continue
         wnid, label = match.group(1), int(parts[1])
         if labels.setdefault(wnid, label) != label:
-            raise ValueError(f"{where}:{line_no}: {wnid} has label {label} here but {labels[wnid]} earlier")
+            raise ConfigError(f"{where}:{line_no}: {wnid} has label {label} here but {labels[wnid]} earlier")
     return labels
 
 
@@ -45,7 +47,7 @@ def imglist_wnid_labels(paths: Sequence[Union[str, os.PathLike]]) -> Dict[str, i
             found = wnid_labels(f, os.fspath(path))
         clash = next((w for w in found if labels.setdefault(w, found[w]) != found[w]), None)
         if clash is not None:
-            raise ValueError(f"{path}: {clash} has label {found[clash]} here but {labels[clash]} in another list")
+            raise ConfigError(f"{path}: {clash} has label {found[clash]} here but {labels[clash]} in another list")
     return labels
 
 
@@ -54,7 +56,7 @@ def _lists(data_root: str, benchmark: str) -> List[str]:
     paths = [os.path.join(folder, f"{split}_{benchmark}.txt") for split in _SPLITS]
     found = [p for p in paths if os.path.isfile(p)]
     if not found:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no OpenOOD image list for {benchmark} under {folder!r} (looked for "
             f"{', '.join(os.path.basename(p) for p in paths)}); pass the data_root you give OpenOOD's Evaluator "
             "(it downloads benchmark_imglist/ there on first use), or give class_map in postprocessor_args")
@@ -67,14 +69,14 @@ def map_classes(sub: Mapping[str, int], full: Mapping[str, int], classes: int, w
     by_label = {label: wnid for wnid, label in sub.items()}
     absent = sorted(set(range(classes)) - set(by_label))
     if absent:
-        raise ValueError(f"ID class {absent[0]} cannot be mapped to the diffusion model's classes: no image path of "
-                         f"the ID image lists ({where}) names its WordNet id ({len(absent)} of {classes} classes "
-                         "lack one); use OpenOOD's complete image lists or give class_map in postprocessor_args")
+        raise ConfigError(f"ID class {absent[0]} cannot be mapped to the diffusion model's classes: no image path of "
+                          f"the ID image lists ({where}) names its WordNet id ({len(absent)} of {classes} classes "
+                          "lack one); use OpenOOD's complete image lists or give class_map in postprocessor_args")
     unknown = [i for i in range(classes) if by_label[i] not in full]
     if unknown:
-        raise ValueError(f"ID class {unknown[0]} ({by_label[unknown[0]]}) is not an ImageNet-1K class of the lists "
-                         f"under {where} ({len(unknown)} such classes): a 1000-class diffusion model cannot be "
-                         "conditioned on it; give class_map in postprocessor_args")
+        raise ConfigError(f"ID class {unknown[0]} ({by_label[unknown[0]]}) is not an ImageNet-1K class of the lists "
+                          f"under {where} ({len(unknown)} such classes): a 1000-class diffusion model cannot be "
+                          "conditioned on it; give class_map in postprocessor_args")
     return [full[by_label[i]] for i in range(classes)]
 
 
@@ -114,16 +116,16 @@ def class_map_from_loaders(id_loaders: Any, classes: int, diffusion_classes: int
     for d in datasets:
         for wnid, label in wnid_labels(d.imglist, getattr(d, "name", "ID image list")).items():
             if sub.setdefault(wnid, label) != label:
-                raise ValueError(f"the ID image lists give {wnid} the labels {label} and {sub[wnid]}")
+                raise ConfigError(f"the ID image lists give {wnid} the labels {label} and {sub[wnid]}")
     where = "the ID loaders' image lists"
     if not sub and id_name and os.path.isdir(os.path.join(root, "benchmark_imglist", id_name)):
         sub, where = imglist_wnid_labels(_lists(root, id_name)), os.path.join(root, "benchmark_imglist", id_name)
     if not sub:
         return None
     if diffusion_classes != IMAGENET_CLASSES:
-        raise ValueError(f"the ID classes are ImageNet classes (WordNet ids in {where}) but the diffusion model has "
-                         f"{diffusion_classes} classes, not ImageNet-1K's {IMAGENET_CLASSES}: use an ImageNet-1K "
-                         "model (DiT-XL/2, cin256-v2) or give class_map in postprocessor_args")
+        raise ConfigError(f"the ID classes are ImageNet classes (WordNet ids in {where}) but the diffusion model has "
+                          f"{diffusion_classes} classes, not ImageNet-1K's {IMAGENET_CLASSES}: use an ImageNet-1K "
+                          "model (DiT-XL/2, cin256-v2) or give class_map in postprocessor_args")
     full_lists = _lists(root, "imagenet")
     cmap = map_classes(sub, imglist_wnid_labels(full_lists), classes, os.path.dirname(full_lists[0]))
     return cmap, f"WordNet ids of {where} -> ImageNet-1K ids of {os.path.dirname(full_lists[0])}"

@@ -1,10 +1,5 @@
-"""``python -m openood.main``: OpenOOD's ``main.py`` and ``scripts/eval_ood.py`` as one installed command.
-
-OpenOOD installs neither script, and both need CUDA. This command, provided by the start-up hook where OpenOOD has
-no ``openood.main`` of its own, runs either of them on any machine (without CUDA, OpenOOD's ``.cuda()`` calls
-become no-ops for the run, and it says so once). Every OpenOOD postprocessor name works, ``diffood`` and
-``diffood_imagenet`` too. Every user error is one ``error:`` line (exit status 2) before any scoring.
-"""
+"""``python -m openood.main``: OpenOOD's ``main.py`` and ``scripts/eval_ood.py`` as one installed command, on any
+machine (see :data:`DESCRIPTION`); every user error is one ``error:`` line (exit status 2) before any scoring."""
 from __future__ import annotations
 
 import argparse
@@ -14,7 +9,7 @@ from typing import List, Optional, Sequence
 
 import yaml
 
-from ..config import ConfigError
+from ..errors import ConfigError, report_errors
 from . import leaderboard
 from .compat import cuda_calls_stay_put, openood_checkout, require_openood
 from .registry import NAMES, config_file, postprocessor_config, register
@@ -145,18 +140,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     dotted = override_pairs(extra, parser)
-    try:
-        register()
-        if args.config:
-            if args.root or args.ckpt_path:
-                raise ConfigError("give --config (main.py mode) or --root / --ckpt-path (eval_ood.py mode), not both")
-            run_pipeline(args, dotted)
-        elif args.root or args.ckpt_path or args.id_data == "imagenet":
-            run_leaderboard(args, dotted)
-        else:
-            raise ConfigError("nothing to run: give --config A.yml ... (main.py mode) or --root RUNS (eval_ood.py "
-                              "mode); see --help")
-    except (ValueError, OSError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return report_errors(_run, args, dotted)
+
+
+def _run(args: argparse.Namespace, dotted: List[str]) -> None:
+    """The mode the arguments ask for."""
+    register()
+    if args.config:
+        if args.root or args.ckpt_path:
+            raise ConfigError("give --config (main.py mode) or --root / --ckpt-path (eval_ood.py mode), not both")
+        run_pipeline(args, dotted)
+    elif args.root or args.ckpt_path or args.id_data == "imagenet":
+        run_leaderboard(args, dotted)
+    else:
+        raise ConfigError("nothing to run: give --config A.yml ... (main.py mode) or --root RUNS (eval_ood.py "
+                          "mode); see --help")

@@ -1,14 +1,7 @@
 """``python -m openood.main --root RUNS ...``: OpenOOD's ``scripts/eval_ood.py`` (and ``eval_ood_imagenet.py``) as
-an installed command, with their layout and behaviour, on any machine.
-
-For every ``RUNS/s*/best.ckpt``: reuse ``s*/postprocessors/<name>.pkl`` when it is there, build the classifier as
-the scripts do, run OpenOOD's ``Evaluator`` (its APS when the config asks for it), reuse ``s*/scores/<name>.pkl``,
-pickle the postprocessor after setup / APS, and write ``RUNS/ood/<name>.csv`` as mean +- std over the runs. Added:
-``--data-root`` / ``--config-root``, dotted overrides of the postprocessor's config, checks that fail at once
-(nothing is downloaded), the CPU path, a result file that never silently replaces a different one
-(:func:`~openood_diffood.evaluate.metrics.write_keeping_previous`), and for DiffOOD ``<name>.json`` next to the CSV:
-the diffusion model each run used and its fingerprint. Pickles are read with :func:`.compat.safe_pickle_load`.
-"""
+an installed command: per ``RUNS/s*/best.ckpt`` OpenOOD's ``Evaluator`` with the scripts' pickles and
+``RUNS/ood/<name>.csv`` (mean +- std). Added: ``--data-root`` / ``--config-root``, dotted overrides, checks that
+fail at once, the CPU path, result files never silently replaced, and for DiffOOD a ``<name>.json`` of the models."""
 from __future__ import annotations
 
 import argparse

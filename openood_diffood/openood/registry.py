@@ -1,14 +1,7 @@
-"""Make ``diffood`` / ``diffood_imagenet`` resolvable by OpenOOD without editing OpenOOD, and its ``Evaluator`` run
-on a machine without CUDA.
-
-OpenOOD looks postprocessors up in two places: ``openood.evaluation_api.postprocessor`` (the ``Evaluator``; a
-dict plus a config file under ``config_root``, downloaded when missing) and ``openood.postprocessors``'
-``get_postprocessor(config)`` (``main.py`` pipelines; a dict local to the function). We add our class to the dict
-and wrap both ``get_postprocessor`` functions so that our names resolve, with our packaged configs used when
-``config_root`` has none (nothing is downloaded). :func:`postprocessor_from_config` is the one place a
-postprocessor is built from its config file. Without CUDA, the ``Evaluator``'s public methods run inside
-:func:`.compat.cuda_calls_stay_put`, so its ``.cuda()`` calls leave everything on the CPU (said once).
-"""
+"""Make ``diffood`` / ``diffood_imagenet`` resolvable by OpenOOD without editing it, and its ``Evaluator`` run
+without CUDA: our class joins the ``Evaluator``'s postprocessor dict and both ``get_postprocessor`` functions are
+wrapped, with our packaged configs where ``config_root`` has none (nothing is downloaded).
+:func:`postprocessor_from_config` is the one place a postprocessor is built from its config file."""
 from __future__ import annotations
 
 import functools
@@ -29,7 +22,7 @@ _MARK = "__openood_diffood__"
 def config_path(name: str = "diffood") -> str:
     """Path of a packaged postprocessor config (``configs/postprocessors/<name>.yml``)."""
     if name not in NAMES:
-        raise ValueError(f"unknown DiffOOD config {name!r}; known: {NAMES}")
+        raise ConfigError(f"unknown DiffOOD config {name!r}; known: {NAMES}")
     return str(resources.files("openood_diffood") / "configs" / "postprocessors" / f"{name}.yml")
 
 
@@ -156,10 +149,8 @@ def patch_module(module: ModuleType) -> None:
 def register() -> None:
     """Register ``diffood`` and ``diffood_imagenet`` with OpenOOD (idempotent; raises ImportError without OpenOOD),
     and let the ``Evaluator`` run without CUDA (see the module docstring).
-
     Also rebinds the name in OpenOOD modules that already imported ``get_postprocessor`` (the Evaluator and the
-    pipelines), so calling this after ``import openood...`` works too.
-    """
+    pipelines), so calling this after ``import openood...`` works too."""
     for name in PATCHED_MODULES:
         patch_module(require_openood(name))
     pipelines = sys.modules["openood.postprocessors"].get_postprocessor

@@ -1,16 +1,8 @@
-"""Keyed stores on disk, and the score cache: an interrupted run resumes where it stopped, and a finished set is
-never scored again.
-
-Every store (this score cache, ``eval``'s per-set store of the baselines, the benchmarks' round trips) is a
-:class:`KeyedStore`: ``<root>/<digest of key.json>/`` holds ``key.json`` (the key, readable; read back and checked
-when the folder is opened) and ``.npz`` files written atomically, so a killed run leaves only complete files.
-
-A DiffOOD score is a pure function of the image's values, the settings and the two models (each image's noise
-derives from its content), so the score cache keeps (score, prediction) by image digest in one
-``unit-<digest>.npz`` per finished batch (found whatever the rank, dataset, order or batching) under the engine's
-:meth:`~openood_diffood.DiffOOD.identity`: every setting, the resolved precision, the package version and the
-models' fingerprints.
-"""
+"""Keyed stores on disk and the score cache, so an interrupted run resumes and a finished set is never scored again.
+A :class:`KeyedStore` folder ``<root>/<digest of key.json>/`` holds ``key.json`` (read back and checked on open)
+and atomically written ``.npz`` files. The score cache keeps (score, prediction) by image digest, one
+``unit-<digest>.npz`` per batch, under the engine's :meth:`~openood_diffood.DiffOOD.identity` (settings, precision,
+version, model fingerprints): a score depends only on those and the image."""
 from __future__ import annotations
 
 import hashlib
@@ -24,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..hashing import digest, item_digests
 
 #: Bump when the layout of the score cache's units or keys changes (2: the one model fingerprint, issue 20).
@@ -82,8 +75,8 @@ class KeyedStore:
             self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write(key_file, lambda f: f.write(text.encode()))
         elif key_file.read_text() != text:
-            raise ValueError(f"{key_file} does not hold the key its folder is named after (an edited or damaged "
-                             f"store): remove {self.dir}, and its files are computed again")
+            raise ConfigError(f"{key_file} does not hold the key its folder is named after (an edited or damaged "
+                              f"store): remove {self.dir}, and its files are computed again")
 
     @staticmethod
     def keys(root: Union[str, os.PathLike]) -> List[Dict[str, Any]]:

@@ -1,14 +1,7 @@
-"""Scale out with ``torchrun --nproc-per-node N``: shard the data over ranks, score, gather in the original order.
-
-Each rank scores a disjoint part of the data (no padded duplicates) and every rank gets the full results back,
-in the order a single process would produce them: OpenOOD's evaluator calls ``inference`` on every rank and
-expects arrays over the whole set. Scores equal a single-process run because each image's noise depends only on
-the seed and the image itself (:mod:`openood_diffood.method.noise`).
-
-* A ``DataLoader`` over a map-style dataset read in order (OpenOOD's test loaders) is re-batched per rank over a
-  contiguous index range: ranks read only their own images, in batches of the engine's micro-batch size.
-* Any other iterable of batches is split by batch: batch i goes to rank i mod N (each rank still iterates it).
-"""
+"""``torchrun --nproc-per-node N``: each rank scores a disjoint part of the data and every rank gets all results
+back in single-process order (OpenOOD's evaluator expects whole-set arrays); scores match a single process since
+each image's noise depends only on the seed and the image. An in-order ``DataLoader`` over a map-style dataset is
+re-batched per rank over a contiguous index range; any other iterable goes batch i to rank i mod N."""
 from __future__ import annotations
 
 import os
@@ -20,6 +13,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, SequentialSampler, Subset
 from tqdm import tqdm
 
+from ..errors import ConfigError
 from .engine import DiffOOD, DiffOODOutput
 
 T = TypeVar("T")
@@ -34,9 +28,7 @@ def rank_and_world() -> Tuple[int, int]:
 
 def init_from_env() -> bool:
     """Join the process group torchrun describes (``WORLD_SIZE`` > 1) if not done yet; True when distributed.
-
-    Uses NCCL and this rank's GPU (``LOCAL_RANK``) when CUDA is available, gloo otherwise.
-    """
+    Uses NCCL and this rank's GPU (``LOCAL_RANK``) when CUDA is available, gloo otherwise."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
         return False
     if not dist.is_initialized():
@@ -67,10 +59,8 @@ def _reloadable(loader: Any) -> bool:
 def shard_batches(loader: Any, rank: int, world: int, batch_size: Optional[int] = None
                   ) -> Tuple[Iterator[Tuple[int, Any]], Optional[int]]:
     """(iterator of (order, batch) for this rank, number of its batches or None).
-
     ``order`` sorts the batches of all ranks into the single-process order. A re-batchable ``DataLoader`` (see
-    the module docstring) yields batches of ``batch_size`` (default: the loader's) over this rank's indices.
-    """
+    the module docstring) yields batches of ``batch_size`` (default: the loader's) over this rank's indices."""
     if _reloadable(loader):
         indices = shard_range(len(loader.dataset), rank, world)
         size = batch_size or loader.batch_size or 1
@@ -106,14 +96,14 @@ def score_loader(engine: DiffOOD, loader: Any, progress: bool = True) -> Tuple[n
         parts.append((order, (out.score.numpy(), out.pred.numpy(), np.asarray(batch["label"]))))
     parts = gather_ordered(parts)
     if not parts:
-        raise ValueError("empty data loader: there are no images to score")
+        raise ConfigError("empty data loader: there are no images to score")
     return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
 
 
 def _first_images(loader: DataLoader) -> torch.Tensor:
     """A one-image batch of a map-style loader (sizes ``batch_size="auto"`` before the loader is re-batched)."""
     if len(loader.dataset) == 0:
-        raise ValueError("empty data loader: there are no images to score")
+        raise ConfigError("empty data loader: there are no images to score")
     return torch.as_tensor(loader.collate_fn([loader.dataset[0]])["data"])
 
 

@@ -213,7 +213,7 @@ class DiffOOD:
         columns = [self._columns(x, list(self._run(x, None, None)))
                    for x in ([batches] if isinstance(batches, torch.Tensor) else batches)]
         if not columns:
-            raise ValueError("calibrate got no images: pass ID validation images (OpenOOD: the ID 'val' loader)")
+            raise ConfigError("calibrate got no images: pass ID validation images (OpenOOD: the ID 'val' loader)")
         self.calibration = Calibration.fit(*torch.cat(columns).unbind(1))
         self._cache = None  # the cache's key covers the calibration
         return self.calibration
@@ -261,7 +261,7 @@ class DiffOOD:
         if self.needs_calibration and self.calibration is None:
             what = f"combine={self.settings.combine!r}" if self.settings.combine else \
                 f"timestep={list(self.settings.timestep)}"
-            raise ValueError(
+            raise ConfigError(
                 f"{what} needs ID validation statistics for the current settings: call "
                 "engine.calibrate(id_val_images) first (the OpenOOD postprocessor does it with its ID val loader), "
                 "or set combine=None and one timestep for the paper's score")
@@ -281,14 +281,14 @@ class DiffOOD:
         if labels is not None:
             labels = torch.as_tensor(labels).long().flatten()
             if labels.shape[0] != n:
-                raise ValueError(f"{labels.shape[0]} labels for {n} images")
+                raise ConfigError(f"{labels.shape[0]} labels for {n} images")
             if labels.min() < 0 or labels.max() >= self.classifier.num_classes:
-                raise ValueError(f"labels must lie in 0 .. {self.classifier.num_classes - 1} (the classifier's "
-                                 f"classes), got {labels.min().item()} .. {labels.max().item()}")
+                raise ConfigError(f"labels must lie in 0 .. {self.classifier.num_classes - 1} (the classifier's "
+                                  f"classes), got {labels.min().item()} .. {labels.max().item()}")
         if keys is None:
             keys = content_keys(self.settings.normalization.unnormalize(x))
         elif len(keys) != n:
-            raise ValueError(f"{len(keys)} keys for {n} images")
+            raise ConfigError(f"{len(keys)} keys for {n} images")
         size = self.micro_batch_size(x)
         for i in range(0, n, size):
             j = min(i + size, n)
@@ -305,26 +305,26 @@ class DiffOOD:
     def check_input(self, x: torch.Tensor) -> None:
         """A ValueError naming the problem and the fix when the engine cannot score these normalized images."""
         if x.ndim != 4:
-            raise ValueError(f"expected a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
+            raise ConfigError(f"expected a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
         if x.shape[0] == 0:
-            raise ValueError("empty batch: there are no images to score")
+            raise ConfigError("empty batch: there are no images to score")
         norm, d = self.settings.normalization, self.diffusion
         if x.shape[1] != norm.channels or x.shape[1] != d.channels:
-            raise ValueError(f"the images have {x.shape[1]} channels, the normalization (mean/std) {norm.channels} "
-                             f"and the diffusion model {d.channels}: give images with the channels the models were "
-                             "trained on (grey -> RGB: repeat the channel) and mean/std with one value per channel")
+            raise ConfigError(f"the images have {x.shape[1]} channels, the normalization (mean/std) {norm.channels} "
+                              f"and the diffusion model {d.channels}: give images with the channels the models were "
+                              "trained on (grey -> RGB: repeat the channel) and mean/std with one value per channel")
         if not torch.isfinite(x).all():
             bad = (~torch.isfinite(x.flatten(1))).any(1).nonzero().flatten().tolist()
-            raise ValueError(f"input contains NaN or inf values (images {bad[:10]}); clean the data first")
+            raise ConfigError(f"input contains NaN or inf values (images {bad[:10]}); clean the data first")
         size = d.sample_size
         if tuple(x.shape[-2:]) != (size, size) and not self.settings.resize:
-            raise ValueError(f"images are {x.shape[-2]}x{x.shape[-1]} but the diffusion model works at {size}x{size}:"
-                             f" resize the inputs to {size}x{size} or set resize (--resize; bilinear into the "
-                             "model's size and back)")
+            raise ConfigError(f"images are {x.shape[-2]}x{x.shape[-1]} but the diffusion model works at {size}x{size}:"
+                              f" resize the inputs to {size}x{size} or set resize (--resize; bilinear into the "
+                              "model's size and back)")
         x01 = norm.unnormalize(x)
         lo, hi = float(x01.min()), float(x01.max())
         if lo < -0.5 or hi > 1.5:
-            raise ValueError(
+            raise ConfigError(
                 f"after undoing the normalization (mean={norm.mean}, std={norm.std}) the images span "
                 f"[{lo:.2f}, {hi:.2f}], far outside [0, 1]: pass images normalized with the ID dataset's mean/std "
                 "(as OpenOOD does), or set dataset / mean / std to match your preprocessing")

@@ -1,18 +1,14 @@
-"""Size the engine's micro-batch to a GPU memory budget by a measured probe.
-
-Each image of a micro-batch becomes ``repeats`` noised copies and ``2 x repeats`` network samples under guidance,
-plus ``repeats`` decoded reconstructions and their classifier pass, so the peak memory of a micro-batch grows
-linearly with its size on top of the models' weights. :func:`suggest_batch_size` measures the CUDA peak of a run
-at two probe sizes (the engine's own code on random images, so weights, VAE, classifier, precision and ``repeats``
-are all counted), fits ``peak(b) = base + b * per_image`` and returns the largest ``b`` that fits the budget. The
-measurements go through a :class:`DeviceMemory` (``torch.cuda`` on a GPU; a test passes a stand-in on the CPU).
-"""
+"""Size the engine's micro-batch to a GPU memory budget: :func:`suggest_batch_size` measures the peak of the
+engine's own code at two probe sizes, fits ``peak(b) = base + b * per_image`` and returns the largest ``b`` that
+fits. Measurements go through a :class:`DeviceMemory` (``torch.cuda``, or a test's stand-in on the CPU)."""
 from __future__ import annotations
 
 import math
 from typing import Callable, Mapping, Optional, Protocol, Sequence
 
 import torch
+
+from ..errors import ConfigError
 
 
 def fit_batch_size(peaks: Mapping[int, int], budget_bytes: int) -> int:
@@ -24,7 +20,7 @@ def fit_batch_size(peaks: Mapping[int, int], budget_bytes: int) -> int:
     base = p_lo - per_image * n_lo
     batch = math.floor((budget_bytes - base) / per_image)
     if batch < 1:
-        raise ValueError(
+        raise ConfigError(
             f"a memory budget of {budget_bytes / 2**30:.2f} GiB does not hold one image: the models take "
             f"{base / 2**30:.2f} GiB and each image {per_image / 2**30:.2f} GiB more; raise the budget, lower "
             "repeats, or load the diffusion model with torch_dtype=torch.float16")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict
 
+from ..errors import ConfigError
 from ..config import positive_int
 from .data import DEMO_DATA
 
@@ -36,8 +37,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     diffusion.add_argument("--beta-start", type=float, default=1e-4, help="first beta of the linear schedule")
     diffusion.add_argument("--beta-end", type=float, default=0.02, help="last beta of the linear schedule")
     diffusion.add_argument("--max-timestep", type=positive_int, default=None,
-                           help="train on timesteps 0 .. max-1 only (default: all of them); enough for DiffOOD's t, which must "
-                                "then stay below it")
+                           help="train on timesteps 0 .. max-1 only (default: all of them); enough for DiffOOD's "
+                                "t, which must then stay below it")
     diffusion.add_argument("--p-uncond", type=float, default=0.1,
                            help="probability that a label is replaced by the null class (classifier-free guidance)")
     optim = parser.add_argument_group("optimization")
@@ -84,7 +85,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     if not 0 <= args.ema_decay < 1:
         problems.append(f"--ema-decay {args.ema_decay} must lie in [0, 1)")
     if problems:
-        raise ValueError("; ".join(problems))
+        raise ConfigError("; ".join(problems))
 
 
 def settings_of(args: argparse.Namespace) -> Dict[str, Any]:

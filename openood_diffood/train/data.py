@@ -1,8 +1,5 @@
-"""Training data: labelled images from any image source, the batch of each step, and augmentation.
-
-Every random draw of a step comes from generators seeded by ``(seed, step)``, so a run continued from a checkpoint
-draws exactly what an uninterrupted run would.
-"""
+"""Training data: labelled images from any image source, each step's batch (drawn from generators seeded by
+``(seed, step)``, so a resumed run draws what an uninterrupted one would) and augmentation."""
 from __future__ import annotations
 
 import hashlib
@@ -13,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from ..method.noise import key_seed
 
 #: The built-in training set of the demo (digits 0-5 of scikit-learn's ``load_digits``, 16x16 grey).
@@ -44,14 +42,14 @@ def load_training_data(spec: str, image_size: Optional[int] = None) -> TrainingD
         images, labels, classes = load_images(spec, size=image_size)
         identity = source_identity(spec)
     if labels is None:
-        raise ValueError(f"training data {spec!r} has no labels; the class-conditional model needs one class label "
-                         "per image (an .npz with 'labels', an ImageFolder, or an image list with labels)")
+        raise ConfigError(f"training data {spec!r} has no labels; the class-conditional model needs one class label "
+                          "per image (an .npz with 'labels', an ImageFolder, or an image list with labels)")
     if labels.min() < 0:
-        raise ValueError(f"training data {spec!r} has unlabelled images (label {int(labels.min())}); train on "
-                         "labelled ID images only")
+        raise ConfigError(f"training data {spec!r} has unlabelled images (label {int(labels.min())}); train on "
+                          "labelled ID images only")
     classes = classes or [str(c) for c in range(int(labels.max()) + 1)]
     if image_size is not None and images.shape[1:3] != (image_size, image_size):
-        raise ValueError(f"--image-size {image_size} does not apply to {spec!r}; drop it")
+        raise ConfigError(f"--image-size {image_size} does not apply to {spec!r}; drop it")
     content = hashlib.sha256(images.tobytes() + labels.astype(np.int64).tobytes()).hexdigest()
     identity.update(images=int(len(images)), size="x".join(map(str, images.shape[1:])), classes=len(classes),
                     content_sha256=content)

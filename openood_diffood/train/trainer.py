@@ -1,18 +1,9 @@
-"""Train the class-conditional pixel diffusion model DiffOOD denoises with.
-
-A diffusers ``UNet2DModel`` with ``num_class_embeds = classes + 1`` (the last id is the null class) learns to
-predict the noise (epsilon) of ``DDPMScheduler``'s linear schedule, with classifier-free guidance training (a label
-becomes the null class with probability ``--p-uncond``) and timesteps drawn below ``--max-timestep`` (DiffOOD only
-noises to t ~ 300, so the model need not learn pure noise). EMA weights are what gets saved.
-
-HuggingFace Accelerate places the model, runs mixed precision, syncs gradients (``accelerate launch`` / torchrun
-train on several GPUs; ``--batch-size`` is the global batch) and writes the checkpoints: ``save_state`` keeps the
-model, optimizer, LR scheduler and every process's RNG states, and ``trainer_state.pt`` beside them the step, the
-settings and the EMA weights. A checkpoint is written into ``step_N.tmp`` and renamed when complete, and everything
-loads with ``weights_only=True``. Every random draw of a step comes from generators seeded by ``(--seed, step)``,
-so a run stopped at any step and continued with ``--resume`` ends with the weights of an uninterrupted run (bit for
-bit on CPU). The output directory holds ``unet/``, ``scheduler/`` and a ``README.md`` model card.
-"""
+"""Train the class-conditional pixel diffusion model DiffOOD denoises with: a diffusers ``UNet2DModel`` whose last
+class id is the null class, epsilon prediction on ``DDPMScheduler``'s linear schedule, classifier-free guidance
+training (``--p-uncond``), timesteps below ``--max-timestep``; the EMA weights are saved.
+Accelerate places the model, runs mixed precision and several GPUs, and writes checkpoints (``step_N.tmp`` renamed
+when complete, loaded with ``weights_only=True``). Every random draw comes from ``(--seed, step)``, so ``--resume``
+ends with the weights of an uninterrupted run. The output holds ``unet/``, ``scheduler/`` and a model card."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..errors import ConfigError, MissingFileError, OutputExistsError, report_errors
 from ..method.diffood import guided_noise
 from ..method.noise import key_seed, sample_noise
 from ..method.solvers import add_noise, ddim, solver_timesteps
@@ -53,12 +45,13 @@ def build_unet(sample_size: int, channels: int, num_classes: int, block_out_chan
     levels = len(block_out_channels)
     bad = [a for a in attention_levels if not 0 <= a < levels]
     if bad:
-        raise ValueError(f"--attention-levels {bad} outside the {levels} levels of --block-out-channels")
+        raise ConfigError(f"--attention-levels {bad} outside the {levels} levels of --block-out-channels")
     if any(ch % norm_groups for ch in block_out_channels):
-        raise ValueError(f"--norm-groups {norm_groups} does not divide --block-out-channels {list(block_out_channels)}")
+        raise ConfigError(f"--norm-groups {norm_groups} does not divide --block-out-channels "
+                          f"{list(block_out_channels)}")
     if sample_size % 2 ** (levels - 1):
-        raise ValueError(f"images of size {sample_size} cannot be halved {levels - 1} times: use fewer "
-                         "--block-out-channels levels or another --image-size")
+        raise ConfigError(f"images of size {sample_size} cannot be halved {levels - 1} times: use fewer "
+                          "--block-out-channels levels or another --image-size")
     down = tuple("AttnDownBlock2D" if i in attention_levels else "DownBlock2D" for i in range(levels))
     up = tuple("AttnUpBlock2D" if i in attention_levels else "UpBlock2D" for i in reversed(range(levels)))
     return UNet2DModel(sample_size=sample_size, in_channels=channels, out_channels=channels,
@@ -105,10 +98,10 @@ class Trainer:
         self.data: TrainingData = load_training_data(args.data, args.image_size)
         n, c, h, w = self.data.images.shape
         if h != w:
-            raise ValueError(f"training images are {h}x{w}; the UNet needs square images (give --image-size)")
+            raise ConfigError(f"training images are {h}x{w}; the UNet needs square images (give --image-size)")
         if args.batch_size > n or args.batch_size % acc.num_processes:
-            raise ValueError(f"--batch-size {args.batch_size} must be at most the {n} training images and a multiple "
-                             f"of the {acc.num_processes} processes")
+            raise ConfigError(f"--batch-size {args.batch_size} must be at most the {n} training images and a multiple "
+                              f"of the {acc.num_processes} processes")
         self.num_classes = len(self.data.classes)
         torch.manual_seed(args.seed)
         unet_args = (h, c, self.num_classes, args.block_out_channels, args.layers_per_block, args.attention_levels,
@@ -134,10 +127,10 @@ class Trainer:
     def _check_output(self) -> None:
         found = self.latest_checkpoint()
         if self.args.resume and found is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {self.checkpoint_dir!r}; start without --resume")
+            raise MissingFileError(f"--resume: no checkpoint in {self.checkpoint_dir!r}; start without --resume")
         if not self.args.resume and (found or os.path.isdir(os.path.join(self.args.output, "unet"))):
-            raise FileExistsError(f"{self.args.output!r} already holds a training run: pass --resume to continue it, "
-                                  "or choose a new --output")
+            raise OutputExistsError(f"{self.args.output!r} already holds a training run: pass --resume to continue it, "
+                                    "or choose a new --output")
 
     def latest_checkpoint(self) -> Optional[str]:
         """The newest complete checkpoint folder, or None."""
@@ -153,8 +146,8 @@ class Trainer:
         differ = {k: (v, self.settings.get(k)) for k, v in state["settings"].items() if self.settings.get(k) != v}
         if differ:
             listing = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items())
-            raise ValueError(f"cannot resume from {folder!r}: settings differ ({listing}); resume with the "
-                             "checkpoint's settings, or start a new --output")
+            raise ConfigError(f"cannot resume from {folder!r}: settings differ ({listing}); resume with the "
+                              "checkpoint's settings, or start a new --output")
         self.accelerator.load_state(folder)
         self.ema.load_state_dict(state["ema"])
         self.ema.to(self.accelerator.device)
@@ -351,13 +344,13 @@ def export_checkpoint(args: argparse.Namespace, folder: str, output: str) -> str
     return trainer.save_output()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    """``python -m openood_diffood.train.trainer``: the ``train`` command on its own."""
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m openood_diffood.train.trainer``: the ``train`` command on its own (exit status as the CLI's)."""
     parser = argparse.ArgumentParser(prog="python -m openood_diffood train",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_train_arguments(parser)
-    print(train_main(parser.parse_args(argv)))
+    return report_errors(lambda args: print(train_main(args)), parser.parse_args(argv))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

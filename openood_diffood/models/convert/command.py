@@ -6,6 +6,7 @@ import os
 import shutil
 from typing import Callable, Dict, Optional
 
+from ...errors import MissingFileError, OutputExistsError
 from .card import model_card
 from .conversion import Conversion
 from .ddim import convert_ddim
@@ -33,12 +34,12 @@ def convert_main(args: argparse.Namespace) -> str:
     """Convert ``args.checkpoint`` into ``args.out_dir`` (written next to it, then renamed); returns the directory."""
     out = os.path.abspath(args.out_dir)
     if not os.path.isfile(args.checkpoint):
-        raise FileNotFoundError(f"checkpoint {args.checkpoint!r} does not exist; check the path")
+        raise MissingFileError(f"checkpoint {args.checkpoint!r} does not exist; check the path")
     if args.config is not None and not os.path.isfile(args.config):
-        raise FileNotFoundError(f"config {args.config!r} does not exist; pass the source's config file or leave "
-                                "--config out")
+        raise MissingFileError(f"config {args.config!r} does not exist; pass the source's config file or leave "
+                               "--config out")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise FileExistsError(f"output {out!r} already exists and is not an empty directory; choose a new one")
+        raise OutputExistsError(f"output {out!r} already exists and is not an empty directory; choose a new one")
     conversion = CONVERTERS[args.source_format](args.checkpoint, args.config)
     partial = out + ".partial"
     shutil.rmtree(partial, ignore_errors=True)

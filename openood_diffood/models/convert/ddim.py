@@ -1,18 +1,13 @@
-"""``--from ddim``: the DDIM UNet of the official DiffOOD code (``network/ddim/ddim.py`` ``Model``) -> diffusers'
-``UNet2DModel`` (class-conditional through ``num_class_embeds`` when the checkpoint has ``label_emb``) and a
-``DDPMScheduler`` with the config's betas.
-
-Both compute the same function: a sin-first sinusoidal time embedding with frequency shift 1 (``flip_sin_to_cos``
-False, ``freq_shift`` 1), GroupNorm(32, eps 1e-6), downsampling that pads (0, 1, 0, 1) and convolves with stride 2
-(``downsample_padding`` 0), single-head attention (``attention_head_dim`` None) at the resolutions of
-``attn_resolutions``, and ``label_emb`` (num_classes + 1 rows, the null class last) added to the time embedding
-after its second linear layer (diffusers' ``class_embedding``).
-"""
+"""``--from ddim``: the official DiffOOD DDIM ``Model`` -> diffusers' ``UNet2DModel`` (class-conditional when the
+checkpoint has ``label_emb``, null class last) and a ``DDPMScheduler`` with the config's betas. Same function:
+sin-first time embedding with shift 1, GroupNorm(32, 1e-6), (0, 1, 0, 1)-padded stride-2 downsampling, single-head
+attention at ``attn_resolutions``."""
 from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional
 
-from .checkpoint import read_state_dict
+from ...errors import ConfigError
+from ..checkpoints import load_state_dict_file
 from .conversion import Conversion
 from .ddpm_blocks import middle_and_ends, down_path, up_path
 from .keys import LAYER, ModuleTable, build_model
@@ -64,9 +59,9 @@ def convert_ddim(checkpoint: str, config: Optional[str] = None) -> Conversion:
     model, schedule, source = official_sections(config, "DDIM", RELEASED, RELEASED_SCHEDULE)
     require(model, MODEL_KEYS, f"the Model section of {source}")
     if not model.get("resamp_with_conv", True):
-        raise ValueError("resamp_with_conv: false (average-pool downsampling) has no diffusers UNet2DModel "
-                         "equivalent; only the released configs' resamp_with_conv: true converts")
-    state = read_state_dict(checkpoint)
+        raise ConfigError("resamp_with_conv: false (average-pool downsampling) has no diffusers UNet2DModel "
+                          "equivalent; only the released configs' resamp_with_conv: true converts")
+    state = load_state_dict_file(checkpoint)
     bayesian = state.pop("logvar", None) is not None  # type 'bayesian': a per-timestep log-variance, not used
     num_classes = class_count(model, state, configured=config is not None)
     architecture = (f"the DDIM Model of {source} (ch {model['ch']}, ch_mult {list(model['ch_mult'])}, "

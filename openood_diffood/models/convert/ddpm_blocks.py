@@ -1,9 +1,6 @@
-"""Module tables of the DDPM-style networks (Ho et al.'s ``pytorch_diffusion`` names): the DDIM ``Model`` of the
-official DiffOOD code and the encoder / decoder of LDM's first stage share their blocks and their walk.
-
-``down.{i}.block.{j}`` / ``down.{i}.attn.{j}`` / ``down.{i}.downsample.conv``, ``mid.block_1`` / ``mid.attn_1`` /
-``mid.block_2``, and ``up.{i}...`` where level i of ``up`` is diffusers' up block ``levels - 1 - i``.
-"""
+"""Module tables of the DDPM-style networks (``pytorch_diffusion`` names) shared by the official DiffOOD DDIM
+``Model`` and LDM's first stage: ``down.{i}.block.{j}`` / ``.attn.{j}`` / ``.downsample.conv``, ``mid.*``, and
+``up.{i}`` as diffusers' up block ``levels - 1 - i``."""
 from __future__ import annotations
 
 from typing import Sequence

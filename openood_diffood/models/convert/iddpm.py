@@ -1,20 +1,14 @@
-"""``--from iddpm``: the improved-diffusion UNet of the official DiffOOD code (``network/iddpm/unet.py``
-``UNetModel``) -> diffusers' ``UNet2DModel`` with its 6 output channels (epsilon, then the learned variance, of
-which DiffOOD uses the epsilon half) and a ``DDPMScheduler`` (cosine: ``squaredcos_cap_v2``).
-
-Both compute the same function: a cos-first sinusoidal time embedding (``flip_sin_to_cos`` True, ``freq_shift``
-0), GroupNorm(32, eps 1e-5), scale-shift norm (``resnet_time_scale_shift`` "scale_shift"; the attention keeps its
-group norm: ``attn_norm_num_groups`` 32), stride-2 convolution with padding 1 for downsampling, and multi-head
-attention over a fused qkv whose channels hold, per head, that head's q, k and v: split per head into diffusers'
-to_q / to_k / to_v.
-"""
+"""``--from iddpm``: the official DiffOOD improved-diffusion ``UNetModel`` -> diffusers' ``UNet2DModel`` (6 output
+channels: epsilon, then the learned variance) and a cosine ``DDPMScheduler``. Same function: cos-first time
+embedding, GroupNorm(32, 1e-5), scale-shift norm, stride-2 downsampling, fused per-head qkv split into to_q/k/v."""
 from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional
 
 import torch
 
-from .checkpoint import read_state_dict
+from ...errors import ConfigError
+from ..checkpoints import load_state_dict_file
 from .conversion import Conversion
 from .keys import Leaf, ModuleTable, build_model, conv1x1_as_linear, renamed
 from .official import class_count, official_sections, scheduler_config
@@ -53,8 +47,8 @@ def head_dim(model: Mapping[str, Any], attention: list, channels: list) -> int:
         if attends:
             sizes |= {channels[level] / heads, channels[level] / up_heads}
     if len(sizes) != 1 or not float(next(iter(sizes))).is_integer():
-        raise ValueError(f"the attention layers of this config have head sizes {sorted(sizes)} (channels / num_heads "
-                         "/ num_heads_upsample); diffusers' UNet2DModel needs one integer head size for all of them")
+        raise ConfigError(f"the attention layers of this config have head sizes {sorted(sizes)} (channels / num_heads "
+                          "/ num_heads_upsample); diffusers' UNet2DModel needs one integer head size for all of them")
     return int(sizes.pop())
 
 
@@ -89,9 +83,9 @@ def convert_iddpm(checkpoint: str, config: Optional[str] = None) -> Conversion:
     model, schedule, source = official_sections(config, "iDDPM", RELEASED, RELEASED_SCHEDULE)
     require(model, MODEL_KEYS, f"the Model section of {source}")
     if model.get("dims", 2) != 2 or not model.get("conv_resample", True):
-        raise ValueError("only 2-d networks with convolutional resampling (dims: 2, conv_resample: true, as "
-                         "released) have a diffusers UNet2DModel equivalent")
-    state = read_state_dict(checkpoint)
+        raise ConfigError("only 2-d networks with convolutional resampling (dims: 2, conv_resample: true, as "
+                          "released) have a diffusers UNet2DModel equivalent")
+    state = load_state_dict_file(checkpoint)
     num_classes = class_count(model, state, configured=config is not None)
     architecture = (f"the iDDPM UNetModel of {source} (model_channels {model['model_channels']}, channel_mult "
                     f"{list(model['channel_mult'])}, num_res_blocks {model['num_res_blocks']}, attention_resolutions "

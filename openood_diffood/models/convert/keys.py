@@ -1,16 +1,14 @@
-"""A source state dict -> the state dict of a diffusers model, module by module, with every key and shape checked.
-
-A :data:`ModuleTable` sends each source module prefix (``down.0.block.1.``) to the diffusers prefix that takes its
-place (``down_blocks.0.resnets.1.``) and a :data:`Leaf` map renaming the parameters inside it. The tables are
-built from the source's own config, so a checkpoint that does not match its config fails at the first key whose
-place or shape differs, named with both shapes.
-"""
+"""A source state dict -> a diffusers model's, module by module: a :data:`ModuleTable` (source prefix -> diffusers
+prefix) with a :data:`Leaf` renaming map, built from the source's config; the first key whose place or shape
+differs fails, named with both shapes."""
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
 from torch import nn
+
+from ...errors import ConfigError
 
 #: (parameter name inside the module, tensor) -> the diffusers names and tensors it becomes (None: unknown name).
 Leaf = Callable[[str, torch.Tensor], Optional[List[Tuple[str, torch.Tensor]]]]
@@ -66,10 +64,8 @@ def shape(t: torch.Size) -> str:
 def map_state_dict(state: Mapping[str, torch.Tensor], table: ModuleTable, expected: Mapping[str, torch.Size],
                    architecture: str) -> Dict[str, torch.Tensor]:
     """``state`` renamed through ``table`` into the keys of ``expected`` (a diffusers model's state-dict shapes).
-
     ``architecture`` describes the config the table was built from, for the error raised at the first source key
-    without a place in it, the first shape that differs, or the first diffusers key no source key fills.
-    """
+    without a place in it, the first shape that differs, or the first diffusers key no source key fills."""
     out: Dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         prefix = source_module(key, table)
@@ -79,27 +75,27 @@ def map_state_dict(state: Mapping[str, torch.Tensor], table: ModuleTable, expect
             try:
                 mapped = leaf(key[len(prefix):], tensor)
             except RuntimeError as exc:  # a tensor that cannot be split the way the config says
-                raise ValueError(f"checkpoint key {key!r} of shape {shape(tensor.shape)} does not fit {architecture}"
-                                 f" ({exc})") from None
+                raise ConfigError(f"checkpoint key {key!r} of shape {shape(tensor.shape)} does not fit {architecture}"
+                                  f" ({exc})") from None
         if mapped is None:
-            raise ValueError(f"checkpoint key {key!r} of shape {shape(tensor.shape)} has no place in {architecture}: "
-                             "the checkpoint and the config describe different networks (check --config and --from)")
+            raise ConfigError(f"checkpoint key {key!r} of shape {shape(tensor.shape)} has no place in {architecture}: "
+                              "the checkpoint and the config describe different networks (check --config and --from)")
         for name, value in mapped:
             new = target + name
             if new not in expected:
-                raise ValueError(f"checkpoint key {key!r} has no place in {architecture} (diffusers has no {new!r}): "
-                                 "the checkpoint and the config describe different networks")
+                raise ConfigError(f"checkpoint key {key!r} has no place in {architecture} (diffusers has no {new!r}): "
+                                  "the checkpoint and the config describe different networks")
             if tuple(value.shape) != tuple(expected[new]):
-                raise ValueError(f"checkpoint key {key!r} has shape {shape(tensor.shape)}, but {architecture} needs "
-                                 f"{shape(expected[new])} for diffusers' {new!r}: the config does not describe this "
-                                 "checkpoint (check --config)")
+                raise ConfigError(f"checkpoint key {key!r} has shape {shape(tensor.shape)}, but {architecture} needs "
+                                  f"{shape(expected[new])} for diffusers' {new!r}: the config does not describe this "
+                                  "checkpoint (check --config)")
             out[new] = value.clone(memory_format=torch.contiguous_format)  # own storage, as safetensors needs
     missing = [k for k in expected if k not in out]
     if missing:
         owners = [(len(dst), src) for src, (dst, _) in table.items() if missing[0].startswith(dst)]
         where = f" (from the source module {max(owners)[1]!r})" if owners else ""
-        raise ValueError(f"the checkpoint has no weights for diffusers' {missing[0]!r}{where}, which {architecture} "
-                         f"has ({len(missing)} such keys): the config describes a larger network than the checkpoint")
+        raise ConfigError(f"the checkpoint has no weights for diffusers' {missing[0]!r}{where}, which {architecture} "
+                          f"has ({len(missing)} such keys): the config describes a larger network than the checkpoint")
     return out
 
 

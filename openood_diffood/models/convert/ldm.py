@@ -1,19 +1,14 @@
 """``--from ldm``: CompVis latent diffusion's class-conditional ``LatentDiffusion`` (``cin256-v2``) -> ``unet/``
-(``UNet2DConditionModel``), ``vqvae/`` (``VQModel``), ``class_embedder/`` and ``scheduler/`` (``DDPMScheduler``).
-
-The Lightning checkpoint's ``state_dict`` holds ``model.diffusion_model.*`` (the openai-style UNet with spatial
-transformers: the same names in diffusers' ``Transformer2DModel`` blocks), ``first_stage_model.*`` (the VQ encoder
-/ decoder in DDPM-style names, ``quant_conv``, ``quantize.embedding``, ``post_quant_conv``), ``cond_stage_model.*``
-(``embedding``: 1001 x 512, index 1000 the null class) and the DDPM schedule buffers, checked against the yaml's.
-LDM's "linear" schedule is the square of a linspace of square roots: diffusers' ``scaled_linear``.
-"""
+(``UNet2DConditionModel``), ``vqvae/`` (``VQModel``), ``class_embedder/`` (1001 rows, 1000 the null class) and a
+``DDPMScheduler`` (LDM's "linear" schedule is diffusers' ``scaled_linear``), checked against the yaml's buffers."""
 from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from .checkpoint import read_state_dict
+from ...errors import ConfigError
+from ..checkpoints import load_state_dict_file
 from .conversion import Conversion
 from .ddpm_blocks import down_path, middle_and_ends, up_path
 from .keys import LAYER, ModuleTable, build_model, nest, same_names
@@ -52,8 +47,8 @@ def ldm_params(path: Optional[str]) -> Tuple[Dict[str, Any], str]:
     params = (read_yaml(path, what).get("model") or {}).get("params")
     if not isinstance(params, dict) or not all(k in params for k in ("unet_config", "first_stage_config",
                                                                       "cond_stage_config")):
-        raise ValueError(f"config {path!r} has no model.params with unet_config, first_stage_config and "
-                         f"cond_stage_config; pass {what}")
+        raise ConfigError(f"config {path!r} has no model.params with unet_config, first_stage_config and "
+                          f"cond_stage_config; pass {what}")
     return params, path
 
 
@@ -88,7 +83,7 @@ def check_supported(params: Mapping[str, Any], unet: Mapping[str, Any], first_st
     }
     failed = [text for text, ok in problems.items() if not ok]
     if failed:
-        raise ValueError(f"this LatentDiffusion config cannot be converted: {'; '.join(failed)}")
+        raise ConfigError(f"this LatentDiffusion config cannot be converted: {'; '.join(failed)}")
 
 
 def unet_config(unet: Mapping[str, Any]) -> Dict[str, Any]:
@@ -136,20 +131,20 @@ def split_parts(state: Mapping[str, torch.Tensor]) -> Dict[str, Dict[str, torch.
             continue
         part = next((name for name, prefix in PARTS.items() if key.startswith(prefix)), None)
         if part is None:
-            raise ValueError(f"state dict entry {key!r} belongs to no part of a LatentDiffusion checkpoint (expected "
-                             "model.diffusion_model.*, first_stage_model.*, cond_stage_model.* and schedule buffers)")
+            raise ConfigError(f"state dict entry {key!r} belongs to no part of a LatentDiffusion checkpoint (expected "
+                              "model.diffusion_model.*, first_stage_model.*, cond_stage_model.* and schedule buffers)")
         parts[part][key] = tensor
     empty = [PARTS[name] for name, weights in parts.items() if not weights]
     if empty:
-        raise ValueError(f"the checkpoint has no {empty[0]}* weights: it is not a LatentDiffusion state dict "
-                         "(a CompVis .ckpt with model.diffusion_model.*, first_stage_model.*, cond_stage_model.*)")
+        raise ConfigError(f"the checkpoint has no {empty[0]}* weights: it is not a LatentDiffusion state dict "
+                          "(a CompVis .ckpt with model.diffusion_model.*, first_stage_model.*, cond_stage_model.*)")
     return parts
 
 
 def scheduler_config(params: Mapping[str, Any]) -> Dict[str, Any]:
     kind = params.get("beta_schedule", "linear")
     if kind not in BETA_SCHEDULES:
-        raise ValueError(f"beta_schedule {kind!r} is not one of {', '.join(BETA_SCHEDULES)}")
+        raise ConfigError(f"beta_schedule {kind!r} is not one of {', '.join(BETA_SCHEDULES)}")
     return {"num_train_timesteps": int(params.get("timesteps", 1000)), "beta_schedule": BETA_SCHEDULES[kind],
             "beta_start": float(params.get("linear_start", 1e-4)), "beta_end": float(params.get("linear_end", 2e-2)),
             "variance_type": "fixed_small", "clip_sample": False, "prediction_type": "epsilon"}
@@ -161,8 +156,8 @@ def check_schedule(state: Mapping[str, torch.Tensor], alphas_cumprod: torch.Tens
     if own is None:
         return
     if own.shape != alphas_cumprod.shape or not torch.allclose(own.double(), alphas_cumprod.double(), atol=1e-5):
-        raise ValueError(f"the checkpoint's alphas_cumprod buffer differs from the schedule of {source} "
-                         "(timesteps, beta_schedule, linear_start, linear_end): the config does not describe it")
+        raise ConfigError(f"the checkpoint's alphas_cumprod buffer differs from the schedule of {source} "
+                          "(timesteps, beta_schedule, linear_start, linear_end): the config does not describe it")
 
 
 def convert_ldm(checkpoint: str, config: Optional[str] = None) -> Conversion:
@@ -176,7 +171,7 @@ def convert_ldm(checkpoint: str, config: Optional[str] = None) -> Conversion:
     first_stage = params["first_stage_config"].get("params", {})
     classes = params["cond_stage_config"].get("params", {})
     check_supported(params, unet_params, first_stage, classes, source)
-    state = read_state_dict(checkpoint)
+    state = load_state_dict_file(checkpoint)
     parts = split_parts(state)
     scheduler = DDPMScheduler(**scheduler_config(params))
     check_schedule(state, scheduler.alphas_cumprod, source)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from ...errors import ConfigError
 from .source_config import read_yaml, require
 
 #: ``Schedule.type`` -> diffusers' ``beta_schedule``: linear betas, the square of linear square roots ("quad"), and
@@ -21,11 +22,11 @@ def official_sections(path: Optional[str], struc: str, released: Mapping[str, An
     loaded = read_yaml(path, what)
     model, schedule = loaded.get("Model"), loaded.get("Schedule")
     if not isinstance(model, dict) or not isinstance(schedule, dict):
-        raise ValueError(f"config {path!r} has no Model and Schedule sections; pass {what}")
+        raise ConfigError(f"config {path!r} has no Model and Schedule sections; pass {what}")
     found = str(model.get("struc", struc))
     if found.lower() != struc.lower():
-        raise ValueError(f"config {path!r} describes a {found} network (Model.struc), not {struc}: use --from "
-                         f"{found.lower()} or the {struc} config")
+        raise ConfigError(f"config {path!r} describes a {found} network (Model.struc), not {struc}: use --from "
+                          f"{found.lower()} or the {struc} config")
     return model, schedule, path
 
 
@@ -34,7 +35,7 @@ def scheduler_config(schedule: Mapping[str, Any], variance_type: str, where: str
     require(schedule, ("type", "diffusion_step"), f"the Schedule section of {where}")
     kind = schedule["type"]
     if kind not in BETA_SCHEDULES:
-        raise ValueError(f"Schedule.type {kind!r} of {where} is not one of {', '.join(BETA_SCHEDULES)}")
+        raise ConfigError(f"Schedule.type {kind!r} of {where} is not one of {', '.join(BETA_SCHEDULES)}")
     config = {"num_train_timesteps": int(schedule["diffusion_step"]), "beta_schedule": BETA_SCHEDULES[kind],
               "variance_type": variance_type, "clip_sample": False, "prediction_type": "epsilon"}
     if kind != "cosine":

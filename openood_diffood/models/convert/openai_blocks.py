@@ -1,11 +1,6 @@
-"""Module table of the improved-diffusion ``UNetModel`` (openai names), the network of the official DiffOOD iDDPM
-and, with spatial transformers for attention, of LDM.
-
-``input_blocks.0.0`` is the first convolution; then per level ``num_res_blocks`` entries of a ``ResBlock`` (``.0``)
-followed by attention where the level attends (``.1``), and a ``Downsample`` entry (``.0.op``) after every level
-but the last. ``output_blocks`` walk the levels back with one more entry each, the last of a level (but level 0)
-ending in an ``Upsample`` (``.conv``). ``middle_block`` is resnet, attention, resnet; ``out`` is norm, SiLU, conv.
-"""
+"""Module table of the improved-diffusion ``UNetModel`` (openai names), the network of official DiffOOD iDDPM
+and (with spatial transformers) LDM: ``input_blocks`` per level (ResBlock ``.0``, attention ``.1``, ``Downsample``
+``.0.op``), ``middle_block``, ``output_blocks`` back up (``Upsample`` ``.conv``), then ``out``."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
