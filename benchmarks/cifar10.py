@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-
 from .cifar10_data import DATA_FILES, build_sets, cifar_engine, load_models
 from .cifar10_report import Inputs, write_report
-from .common import add_output_arguments, data_dir, float_list, int_list, provenance, setting
+from .common import (add_output_arguments, apply_run_arguments, data_dir, float_list, int_list, provenance,
+                     setting)
 from .roundtrips import RoundTripStore
 from .suite import baseline_scores, diffood_changes
 from .sweep import GUIDANCES, PAPER, TIMESTEPS, joint_sweep
@@ -33,7 +32,7 @@ SPACES = ("image", "layer1", "layer2", "layer3", "layer4", "feature", "logit")
 
 def main(argv: Optional[Sequence[str]] = None) -> Optional[Path]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    apply_run_arguments(args)
     started = time.perf_counter()
     data = data_dir()
     net, backend = load_models(data, args.classifier, args.diffusion)

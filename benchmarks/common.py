@@ -15,6 +15,8 @@ import torch
 
 from openood_diffood.hashing import file_sha256
 
+from . import stats
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 CACHE = REPO / "benchmarks" / ".cache"
@@ -93,6 +95,14 @@ def add_output_arguments(parser: argparse.ArgumentParser, stage: str, stage_help
     parser.add_argument("--cache-dir", type=Path, default=CACHE / "roundtrips", help="the round-trip store")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--tag", default="cpu", help="device tag of the results file names")
+    parser.add_argument("--resamples", type=int, default=stats.RESAMPLES,
+                        help="bootstrap resamples of every interval (fewer: quicker, coarser intervals)")
+
+
+def apply_run_arguments(args: argparse.Namespace) -> None:
+    """Apply the shared arguments that set up the process: torch's CPU threads, the bootstrap's resamples."""
+    torch.set_num_threads(args.threads)
+    stats.RESAMPLES = args.resamples
 
 
 def results_header(title: str, script: str, findings: str, meta: Mapping[str, Any], png: str) -> List[str]:

@@ -32,7 +32,7 @@ from openood_diffood.train.data import DEMO_DATA
 from openood_diffood.train.trainer import checkpoints, export_checkpoint, train_main
 
 from . import stats
-from .common import CACHE, add_output_arguments, int_list, provenance
+from .common import CACHE, add_output_arguments, apply_run_arguments, int_list, provenance
 from .dm_report import write_report
 from .roundtrips import RoundTripStore
 from .suite import Suite, baseline_scores, diffood_changes, digits_settings, digits_suite, mean_scores
@@ -108,7 +108,7 @@ def ood_cells(scores: Dict[str, np.ndarray], suite: Suite) -> Dict[str, stats.Es
 
 def main(argv: Optional[Sequence[str]] = None) -> Path:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    apply_run_arguments(args)
     started = time.perf_counter()
     models, train_seconds = train_models(args.work, args.lengths, args.channels, args.seed, args.train_extra)
     if args.stage == "train":

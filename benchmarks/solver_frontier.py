@@ -24,14 +24,13 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import torch
-
 from openood_diffood import DiffOOD
 from openood_diffood.models.demo import load_demo_models
 
 from . import frontier
 from .cifar10_data import DATA_FILES, build_sets, cifar_engine, load_models
-from .common import add_output_arguments, data_dir, float_list, int_list, provenance, setting
+from .common import (add_output_arguments, apply_run_arguments, data_dir, float_list, int_list, provenance,
+                     setting)
 from .frontier_report import Study, write_report
 from .roundtrips import RoundTripStore
 from .suite import Suite, digits_settings, digits_suite
@@ -74,7 +73,7 @@ def cifar_study(store: RoundTripStore, args) -> Tuple[Study, List[str]]:
 
 def main(argv: Optional[Sequence[str]] = None) -> Optional[Path]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    apply_run_arguments(args)
     started = time.perf_counter()
     store = RoundTripStore(args.cache_dir)
     runners = {"digits": digits_study, "cifar10": cifar_study}

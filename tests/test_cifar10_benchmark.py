@@ -21,7 +21,7 @@ def test_benchmark_runs_end_to_end_with_every_method_finite(shared_data, tiny_ci
     cmd = [sys.executable, "-m", "benchmarks.cifar10", "--n", "6", "--val-n", "6", "--misclassified", "4",
            "--diffusion", str(tiny_cifar10_diffusion),
            "--fit-n", "120", "--paper", "40,3", "--sweep-timesteps", "20,40", "--sweep-guidances", "1,3",
-           "--out", str(out), "--cache-dir", str(cache), "--tag", "t"]
+           "--out", str(out), "--cache-dir", str(cache), "--tag", "t", "--threads", "2", "--resamples", "200"]
     env = {"DIFFOOD_DATA": str(shared_data)}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO,
                          env={**os.environ, **env})

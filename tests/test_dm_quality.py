@@ -55,7 +55,8 @@ def test_export_checkpoint_writes_the_ema_weights_of_that_step(tmp_path):
 def run_dm_quality(tmp_path, *extra):
     cmd = [sys.executable, "-m", "benchmarks.dm_quality", "--lengths", "2,4", "--channels", "8", "16",
            "--train-extra=--batch-size 16 --norm-groups 4", "--limit", "4", "--work", str(tmp_path / "work"),
-           "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--tag", "t", *extra]
+           "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--tag", "t", "--threads", "2",
+           "--resamples", "200", *extra]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads((tmp_path / "out" / "dm_quality_t.json").read_text())
