@@ -85,9 +85,12 @@ class DiffOODPostprocessor(BasePostprocessor):
         net.eval()
         if isinstance(id_loader_dict, dict) and id_loader_dict.get("val") is not None:
             self.id_val_loader = id_loader_dict["val"]
-        self._set_up_companion(net, id_loader_dict)
-        if self.engine is not None and self.engine.classifier.net is net:
-            return
+        if self.engine is None or self.engine.classifier.net is not net:
+            self._bind(net, id_loader_dict)
+        self._set_up_companion(net, id_loader_dict)  # after every check: its fit passes over the ID train set
+
+    def _bind(self, net: nn.Module, id_loader_dict: Any) -> None:
+        """Load the diffusion model and build the engine for ``net``; bad input fails here, before any long work."""
         self.options = self.options.with_environment()  # a reloaded pickle meets today's environment
         if self.options.diffusion is None:
             raise ConfigError(
