@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .cifar10_data import DATA_FILES, build_sets, cifar_engine, load_models
+from .cifar10_data import DATA_FILES, add_precision_argument, build_sets, cifar_engine, load_models
 from .cifar10_report import Inputs, write_report
 from .common import (add_output_arguments, apply_run_arguments, data_dir, float_list, int_list, provenance,
                      setting)
@@ -39,7 +39,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Path]:
     sets = build_sets(data, net, args.n, args.val_n, args.misclassified, args.fit_n, args.seed)
     suite = sets.suite()
     store = RoundTripStore(args.cache_dir)
-    paper = cifar_engine(net, backend, timestep=args.paper[0], guidance=args.paper[1], seed=args.seed)
+    paper = cifar_engine(net, backend, timestep=args.paper[0], guidance=args.paper[1], seed=args.seed,
+                         precision=args.precision)
     sweep = joint_sweep(store, paper, suite, args.sweep_timesteps, args.sweep_guidances)
     chosen = paper.replace(timestep=sweep.choice[0], guidance=sweep.choice[1])
     engines = {"paper": paper, **({"chosen": chosen} if chosen.settings != paper.settings else {})}
@@ -78,6 +79,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--sweep-timesteps", type=int_list, default=list(TIMESTEPS))
     p.add_argument("--sweep-guidances", type=float_list, default=list(GUIDANCES))
     p.add_argument("--backend", default="auto", help="baselines from openood / pytorch-ood / auto")
+    add_precision_argument(p)
     add_output_arguments(p, "reconstruct", "'reconstruct' only fills the round-trip store")
     return p.parse_args(argv)
 

@@ -14,7 +14,7 @@ from openood_diffood.evaluate.tables import format_table
 from . import stats
 from .cifar10_analysis import analysis_section, validation_figure
 from .cifar10_choices import best_candidate, best_space, improvement_candidates, space_rows
-from .cifar10_data import Sets
+from .cifar10_data import PRECISION_NAMES, Sets
 from .common import results_header, write_json
 from .roundtrips import RoundTripStore
 from .suite import SetScores, Suite, mean_scores
@@ -170,13 +170,15 @@ def write_report(out: Path, tag: str, inp: Inputs, meta: dict) -> Path:
     analysis_md, analysis = analysis_section(inp, scores, plain, fig_dir)
     sizes = ", ".join(f"{s.name} {len(s.images)}" for s in [*inp.suite.test_sets(), inp.sets.misclassified,
                                                             *inp.suite.val_sets()])
+    precision = inp.engines["paper"].settings.precision
     cand_lines = ", ".join(f"{k} {v.value:.1f}" for k, v in choices["candidates_val"].items())
     lines = [
         *results_header(f"CIFAR-10 on the shared real data ({tag})", "cifar10", f"cifar10_{tag}_findings.md", meta,
                         f"{fig_dir.name}/validation.png"),
         f"Images per set: {sizes}; ViM / KNN / ReAct fitted on {len(inp.sets.fit.images)} images of "
-        "cifar10_train_10k. DiffOOD: DDIM stride 20, R = 4, seed 0, round trips in **bf16 autocast** (the package's "
-        "default on GPU; on 40 CIFAR images its scores had Spearman 0.9996 with fp32). Validation (every choice): "
+        f"cifar10_train_10k. DiffOOD: DDIM stride 20, R = 4, seed 0, round trips in **{PRECISION_NAMES[precision]}** "
+        "(bf16 is the package's default on GPU; on 40 CIFAR images its scores had Spearman 0.9996 with fp32). "
+        "Validation (every choice): "
         "cifar10_val (a fixed hold-out of 1,000 cifar10_test images, outside the test pool) and tin_val (Tiny "
         f"ImageNet's openood_cifar10_val_tin). Intervals: {stats.RESAMPLES} bootstrap resamples, percentile 95 %.",
         "", "## OpenOOD table (AUROC %, test sets)", "", summary_table(inp, scores), "",

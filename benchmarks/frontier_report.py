@@ -15,6 +15,7 @@ from matplotlib import ticker  # noqa: E402
 from openood_diffood.evaluate.tables import format_table  # noqa: E402
 
 from . import stats  # noqa: E402
+from .cifar10_data import PRECISION_NAMES  # noqa: E402
 from .common import results_header, write_json  # noqa: E402
 from .frontier import SOLVER_NAMES, TOLERANCE, Point, fewest  # noqa: E402
 from .suite import Suite  # noqa: E402
@@ -160,7 +161,7 @@ def write_report(out: Path, tag: str, studies: Mapping[str, Study], meta: dict, 
         lines += [f"CIFAR-10 grid: `--cifar-grid {args.cifar_grid}`"
                   + (f", strides {args.cifar_strides}, the reduced grid's runs at R = {args.cifar_repeats}"
                      if args.cifar_grid == "reduced" else f", strides {args.strides}")
-                  + "; round trips in bf16 autocast.", ""]
+                  + f"; round trips in {PRECISION_NAMES[args.precision]}.", ""]
     md = out / f"solver_frontier_{tag}.md"
     md.write_text("\n".join(lines))
     write_json(out / f"solver_frontier_{tag}.json", {

@@ -28,7 +28,7 @@ from openood_diffood import DiffOOD
 from openood_diffood.models.demo import load_demo_models
 
 from . import frontier
-from .cifar10_data import DATA_FILES, build_sets, cifar_engine, load_models
+from .cifar10_data import DATA_FILES, add_precision_argument, build_sets, cifar_engine, load_models
 from .common import (add_output_arguments, apply_run_arguments, data_dir, float_list, int_list, provenance,
                      setting)
 from .frontier_report import Study, write_report
@@ -65,7 +65,8 @@ def cifar_study(store: RoundTripStore, args) -> Tuple[Study, List[str]]:
     data = data_dir()
     net, backend = load_models(data, diffusion=args.diffusion)
     suite = build_sets(data, net, args.n, args.val_n, 0).suite().limited(args.limit)
-    engine = cifar_engine(net, backend, timestep=args.paper[0], guidance=args.paper[1])
+    engine = cifar_engine(net, backend, timestep=args.paper[0], guidance=args.paper[1],
+                          precision=args.precision)
     grid = frontier.full_grid(args.strides) if args.cifar_grid == "full" else \
         frontier.reduced_grid(args.cifar_strides, args.cifar_repeats)
     return study(store, engine, suite, grid, args), [str(data / f) for f in DATA_FILES]
@@ -108,6 +109,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="the paper's t,w")
     p.add_argument("--sweep-timesteps", type=int_list, default=list(TIMESTEPS))
     p.add_argument("--sweep-guidances", type=float_list, default=list(GUIDANCES))
+    add_precision_argument(p)
     add_output_arguments(p, "reconstruct", "'reconstruct' only fills the round-trip store")
     return p.parse_args(argv)
 

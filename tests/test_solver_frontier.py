@@ -36,7 +36,7 @@ def run_frontier(tmp_path, shared_data, diffusion, *extra):
            "--strides", "20,40", "--cifar-strides", "20,40", "--paper", "40,3", "--sweep-timesteps", "20,40",
            "--sweep-guidances", "1,3",
            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--tag", "t", "--threads", "2",
-           "--resamples", "200", *extra]
+           "--resamples", "200", "--precision", "fp32", *extra]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
                          env={**os.environ, "DIFFOOD_DATA": str(shared_data)})
     assert res.returncode == 0, res.stderr[-3000:]
