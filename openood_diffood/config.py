@@ -1,87 +1,39 @@
 """One config model: the settings that change a DiffOOD score, and the options of how it runs.
 
-Both are immutable dataclasses built strictly: an unknown key is an error naming the nearest known one, and every
-value is checked when the object is made. A field is one annotated line plus its help text: the check and the
-command-line flag (:func:`add_arguments`) come from the annotation (see :func:`_parse`), and the choices from the
-modules that implement them. ``postprocessor_args`` of ``diffood.yml``, ``eval --config``, the flags and the
+Both are immutable dataclasses built strictly (:mod:`openood_diffood.fields`): an unknown key is an error naming the
+nearest known one, and every value is checked when the object is made. A field is one annotated line plus its help
+text: its check and its command-line flag (:func:`add_arguments`) come from the annotation, the choices from the
+modules that implement them, and the special cases below are small named validators. ``postprocessor_args`` of ``diffood.yml``, ``eval --config``, the flags and the
 benchmarks all build through :func:`split_mapping` / :func:`load_yaml`.
 """
 import argparse
-import dataclasses
-import difflib
-import functools
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, Dict, Iterable, Literal, Mapping, NamedTuple, Optional, Tuple, Union, get_args, \
-    get_origin
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, Dict, Iterable, Literal, Mapping, Optional, Tuple, Union
 
 import yaml
 
 from .errors import ConfigError  # noqa: F401  (the package's user-error class; imported from here too)
+from .fields import TRUE, FALSE, Ge, Strict, add_flags, check_keys, flag_values, option, parse
 from .method.diffood import PROTOCOLS
 from .method.features import LAYER_SPACE, SPACES
 from .method.normalization import DATASET_STATS, Normalization
 from .method.solvers import SOLVERS
 from .runtime.execution import PRECISIONS
 
-TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 #: Environment variables that override run options (handy with OpenOOD's unmodified scripts).
 ENVIRONMENT = {"diffusion": "DIFFOOD_DIFFUSION", "cache_dir": "DIFFOOD_CACHE_DIR"}
 
 
-class Ge(NamedTuple):
-    """A lower bound of a number field: ``Annotated[int, Ge(1)]``."""
-    low: float
-
-
-# ----------------------------------------------------------------------------------------------- checks
-def _parse(name: str, hint: Any, value: Any) -> Any:
-    """``value`` of field ``name`` checked and converted by its annotation ``hint``: ``Optional[X]`` (None, "none",
-    "null" -> None), ``Literal`` choices, ``Annotated[X, Ge(low)]`` bounds, ``Annotated[X, validator]`` (a special
-    case), ``Tuple[X, ...]`` (a list, or "a,b"), bool, int, float, str."""
-    origin, args = get_origin(hint), get_args(hint)
-    if origin is Union and type(None) in args:
-        none = value is None or str(value).lower() in ("none", "null")
-        return None if none else _parse(name, next(a for a in args if a is not type(None)), value)
-    if origin is Annotated:
-        validators = [m for m in args[1:] if callable(m)]
-        if validators:
-            return validators[0](value)
-        value = _parse(name, args[0], value)
-        for low in (m.low for m in args[1:] if isinstance(m, Ge) and value < m.low):
-            raise ConfigError(f"{name} must be >= {low:g}, got {f'{value:g}' if isinstance(value, float) else value}")
-        return value
-    if origin is Literal and value not in args:
-        raise ConfigError(f"{name} must be one of {', '.join(args)}, got {value!r}")
-    if origin is Literal or hint is str:
-        return value if origin is Literal else str(value)
-    if origin is tuple:
-        try:
-            return tuple(args[0](v) for v in (value.split(",") if isinstance(value, str) else value))
-        except (TypeError, ValueError):
-            what = "integers" if args[0] is int else "numbers"
-            raise ConfigError(f"{name} must be a list of {what}, got {value!r}") from None
-    if hint is bool:
-        if isinstance(value, bool) or str(value).lower() in TRUE + FALSE:
-            return value if isinstance(value, bool) else str(value).lower() in TRUE
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
-    what = "an integer" if hint is int else "a number"
-    try:
-        if hint is int and (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
-            raise ValueError(value)
-        return hint(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be {what}, got {value!r}") from None
-
-
-# The special cases: named validators, each given by its field's ``Annotated[..., validator]``.
+# ----------------------------------------------------------------------------------------------- special cases
+# Named validators, each given by its field's ``Annotated[..., validator]``.
 def _timestep(value: Any) -> Union[int, Tuple[int, ...]]:
     """One noise level, or several (a list or ``"100,300"``): distinct, above 0, kept sorted."""
     items = value.split(",") if isinstance(value, str) and "," in value else value
     if not isinstance(items, (list, tuple)):
-        return _parse("timestep", Annotated[int, Ge(0)], items)
-    steps = tuple(sorted(_parse("every timestep of a list", Annotated[int, Ge(1)], v) for v in items))
+        return parse("timestep", Annotated[int, Ge(0)], items)
+    steps = tuple(sorted(parse("every timestep of a list", Annotated[int, Ge(1)], v) for v in items))
     if not steps or len(set(steps)) != len(steps):
         raise ConfigError(f"timestep must be one integer or distinct integers ([100, 300], 100,300), got {value!r}")
     return steps[0] if len(steps) == 1 else steps
@@ -108,7 +60,7 @@ def _combine(value: Any) -> str:
 
 
 def _batch_size(value: Any) -> Union[int, str]:
-    return "auto" if value == "auto" else _parse("batch_size", Annotated[int, Ge(1)], value)
+    return "auto" if value == "auto" else parse("batch_size", Annotated[int, Ge(1)], value)
 
 
 def _path(value: Any) -> Optional[str]:
@@ -119,47 +71,12 @@ def _compile(value: Any) -> Union[bool, str, Callable]:
     if callable(value):
         return value  # a torch.compile backend
     if isinstance(value, bool) or str(value).lower() in TRUE + FALSE:
-        return _parse("compile", bool, value)
+        return parse("compile", bool, value)
     return str(value)  # a torch.compile backend name
 
 
-def option(default: Any, help: str, flag: Optional[str] = "", metavar: Optional[str] = None,
-           dest: Optional[str] = None) -> Any:
-    """A config field: its default, ``--help`` text, command-line flag (``""``: ``--<name>``; None: no flag),
-    metavar and argparse ``dest`` (default: the field's name); its annotation gives its check."""
-    return field(default=default, metadata=dict(help=help, flag=flag, metavar=metavar, dest=dest))
-
-
-class _Strict:
-    """Strict construction, ``replace`` and the annotation-driven checks shared by the two config dataclasses."""
-
-    def __new__(cls, *args: Any, **kwargs: Any):
-        check_keys(kwargs, cls.field_names())  # an unknown keyword: a ConfigError naming the nearest field
-        return super().__new__(cls)
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, _parse(f.name, f.type, getattr(self, f.name)))
-        self._check()
-
-    def _check(self) -> None:
-        """Checks that involve several fields."""
-
-    @classmethod
-    def field_names(cls) -> Tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
-
-    def replace(self, **changes: Any):
-        """A copy with some fields changed (unknown names are an error; every value is checked again)."""
-        return dataclasses.replace(self, **changes)
-
-    def as_dict(self) -> Dict[str, Any]:
-        """Every field as plain data."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
-
-
 @dataclass(frozen=True)
-class DiffOODSettings(_Strict):
+class DiffOODSettings(Strict):
     """Every setting that changes a DiffOOD score (defaults: the paper's CIFAR settings)."""
 
     timestep: Annotated[Union[int, Tuple[int, ...]], _timestep] = option(
@@ -174,9 +91,8 @@ class DiffOODSettings(_Strict):
                                                     "the last stage pooled), image")
     threshold: Optional[float] = option(None, "ReAct-style clip of the penultimate feature (space feature only)")
     seed: Annotated[int, Ge(0)] = option(0, "global seed; each image's noise derives from it and the image itself")
-    solver: Literal[tuple(SOLVERS)] = option("ddim", "denoising solver: ddim, dpmpp2m or plms")
-    precision: Literal[PRECISIONS] = option("auto", "diffusion network precision: auto (bf16 on GPU, fp32 on CPU), "
-                                                    "fp32, bf16, fp16")
+    solver: Literal[tuple(SOLVERS)] = option("ddim", "denoising solver (the choices: method/solvers.py)")
+    precision: Literal[PRECISIONS] = option("auto", "diffusion network precision (auto: bf16 on GPU, fp32 on CPU)")
     dataset: Annotated[str, _dataset] = option("cifar10", "the inputs' normalization statistics: cifar10, cifar100, "
                                                           "imagenet, imagenet200 (mean/std override them)", flag=None)
     mean: Optional[Tuple[float, ...]] = option(None, "per-channel mean of the inputs' normalization", flag=None)
@@ -221,9 +137,7 @@ class DiffOODSettings(_Strict):
     @property
     def normalization(self) -> Normalization:
         """The inputs' normalization: mean/std when given, else the dataset's."""
-        if self.mean is not None:
-            return Normalization(self.mean, self.std)
-        return Normalization(*DATASET_STATS[self.dataset])
+        return Normalization(*((self.mean, self.std) if self.mean is not None else DATASET_STATS[self.dataset]))
 
     def identity(self) -> Dict[str, Any]:
         """What a score depends on: every field, with the normalization resolved to numbers."""
@@ -232,14 +146,14 @@ class DiffOODSettings(_Strict):
 
 
 @dataclass(frozen=True)
-class RunOptions(_Strict):
+class RunOptions(Strict):
     """How DiffOOD runs; no option changes a score."""
 
     diffusion: Annotated[Optional[str], _path] = option(None, "diffusers directory (unet/ + scheduler/) or hub id of "
                                                               "the class-conditional diffusion model", metavar="DIR")
     batch_size: Annotated[Union[int, Literal["auto"]], _batch_size] = option(
         64, "images per DiffOOD micro-batch (each is repeats x 2 network samples), or auto",
-        flag="--diffood-batch-size", dest="diffood_batch_size")
+        flag="--diffood-batch-size")
     device: Optional[str] = option(None, "cpu, cuda, cuda:1, ... (default: the classifier's)")
     compile: Annotated[Union[bool, str, Callable], _compile] = option(
         False, "torch.compile the denoiser: true, false or a torch.compile backend name", metavar="BACKEND")
@@ -258,16 +172,6 @@ class RunOptions(_Strict):
 # ----------------------------------------------------------------------------------------------- building
 #: Every key of a config: the settings' and the run options' fields.
 KEYS = DiffOODSettings.field_names() + RunOptions.field_names()
-
-
-def check_keys(mapping: Mapping[str, Any], known: Iterable[str], where: str = "config") -> None:
-    """Raise a ConfigError for the first key of ``mapping`` that is not in ``known``, naming the nearest one."""
-    known = tuple(known)
-    for key in mapping:
-        if key not in known:
-            near = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ConfigError(f"unknown {where} key {key!r}{hint}; known keys: {', '.join(known)}")
 
 
 def split_mapping(mapping: Mapping[str, Any], settings: Optional[DiffOODSettings] = None,
@@ -303,46 +207,14 @@ def plain(value: Any) -> Any:
     """Mappings (OpenOOD's Config too) -> dicts, sequences -> lists, other values as they are."""
     if isinstance(value, Mapping):
         return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
+    return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 # ----------------------------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser, *, skip: Iterable[str] = ()) -> None:
-    """Add a flag for every settings and run-options field that has one, default None: help from the field; the
-    type (the field's check), choices and on/off switches from its annotation."""
-    for cls, title in ((DiffOODSettings, "DiffOOD settings (override --config)"),
-                       (RunOptions, "DiffOOD run options (override --config)")):
-        group = parser.add_argument_group(title)
-        for f in dataclasses.fields(cls):
-            if f.metadata["flag"] is None or f.name in skip:
-                continue
-            kwargs: Dict[str, Any] = dict(dest=_dest(f), default=None, help=f.metadata["help"])
-            if f.type is bool:
-                kwargs["action"] = argparse.BooleanOptionalAction
-            else:
-                choices = get_args(f.type) if get_origin(f.type) is Literal else None
-                kwargs.update(type=_argparse_type(f.name, f.type), metavar=f.metadata["metavar"], choices=choices)
-            group.add_argument(f.metadata["flag"] or "--" + f.name.replace("_", "-"), **kwargs)
-
-
-def _dest(f: dataclasses.Field) -> str:
-    return f.metadata["dest"] or f.name
-
-
-def _argparse_type(name: str, hint: Any) -> Callable[[str], Any]:
-    """An argparse type: the check of a value annotated ``hint``, its ConfigError as argparse's error."""
-    def convert(text: str) -> Any:
-        try:
-            return _parse(name, hint, text)
-        except ConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    return convert
-
-
-#: argparse type: an integer >= 1.
-positive_int = _argparse_type("the value", Annotated[int, Ge(1)])
+    """Add a flag, default None, for every settings and run-options field that has one (see :func:`add_flags`)."""
+    add_flags(parser.add_argument_group("DiffOOD settings (override --config)"), DiffOODSettings, skip)
+    add_flags(parser.add_argument_group("DiffOOD run options (override --config)"), RunOptions, skip)
 
 
 def from_arguments(args: argparse.Namespace, settings: Optional[DiffOODSettings] = None,
@@ -353,6 +225,5 @@ def from_arguments(args: argparse.Namespace, settings: Optional[DiffOODSettings]
         yml = load_yaml(args.config)
         check_keys(yml, KEYS)
         given = {k: v for k, v in yml.items() if v is not None}
-    flags = {f.name: getattr(args, _dest(f), None) for cls in (DiffOODSettings, RunOptions)
-             for f in dataclasses.fields(cls)}
-    return split_mapping({**given, **{k: v for k, v in flags.items() if v is not None}}, settings, options)
+    flags = {**flag_values(args, DiffOODSettings), **flag_values(args, RunOptions)}
+    return split_mapping({**given, **flags}, settings, options)
