@@ -3,8 +3,10 @@
 Both are immutable dataclasses built strictly (:mod:`openood_diffood.fields`): an unknown key is an error naming the
 nearest known one, and every value is checked when the object is made. A field is one annotated line plus its help
 text: its check and its command-line flag (:func:`add_arguments`) come from the annotation, the choices from the
-modules that implement them, and the special cases below are small named validators. ``postprocessor_args`` of ``diffood.yml``, ``eval --config``, the flags and the
-benchmarks all build through :func:`split_mapping` / :func:`load_yaml`.
+modules that implement them, and the special cases below are small named validators. ``postprocessor_args`` of
+``diffood.yml``, ``eval --config``, the flags and the benchmarks all build through :func:`split_mapping` /
+:func:`load_yaml` (a ``null`` in an ``eval --config`` yml keeps the base value; ``replace(field=None)`` and
+``postprocessor_args`` set None).
 """
 import argparse
 import os
@@ -12,10 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Dict, Iterable, Literal, Mapping, Optional, Tuple, Union
 
-import yaml
-
 from .errors import ConfigError  # noqa: F401  (the package's user-error class; imported from here too)
-from .fields import TRUE, FALSE, Ge, Strict, add_flags, check_keys, flag_values, option, parse
+from .fields import FALSE, TRUE, Ge, Strict, add_flags, check_keys, flag_values, option, parse, read_yaml
 from .method.diffood import PROTOCOLS
 from .method.features import LAYER_SPACE, SPACES
 from .method.normalization import DATASET_STATS, Normalization
@@ -188,16 +188,7 @@ def split_mapping(mapping: Mapping[str, Any], settings: Optional[DiffOODSettings
 
 def load_yaml(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     """The DiffOOD keys of a yml: ``postprocessor.postprocessor_args`` of a postprocessor config, or a flat mapping."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} does not exist; give the path of a diffood.yml")
-    with open(path) as f:
-        try:
-            loaded = yaml.safe_load(f) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path!r} is not valid YAML ({exc}); fix its syntax") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {path!r} holds a {type(loaded).__name__}, not a mapping of settings")
+    loaded = read_yaml(path, "a diffood.yml")
     if "postprocessor" in loaded:
         return dict((loaded.get("postprocessor") or {}).get("postprocessor_args") or {})
     return loaded

@@ -1,4 +1,5 @@
-"""Strict, immutable dataclasses checked by their fields' annotations (the machinery of :mod:`openood_diffood.config`).
+"""The machinery of :mod:`openood_diffood.config`: strict, immutable dataclasses checked by their fields'
+annotations, their command-line flags, and the strict reading of a yml mapping.
 
 A field is its annotation plus :func:`option` (default, help text, flag). :func:`parse` reads the annotation:
 ``Optional[X]`` (None, "none", "null" -> None), ``Literal`` choices, ``Annotated[X, Ge(low)]`` bounds,
@@ -9,10 +10,13 @@ int, float, str; :func:`add_flags` makes the command-line flags from the same an
 import argparse
 import dataclasses
 import difflib
+import os
 from typing import Annotated, Any, Callable, Dict, Iterable, Literal, Mapping, NamedTuple, Optional, Tuple, Union
 from typing import get_args, get_origin
 
-from .errors import ConfigError
+import yaml
+
+from .errors import ConfigError, MissingFileError
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -36,10 +40,12 @@ def parse(name: str, hint: Any, value: Any) -> Any:
         for low in (m.low for m in args[1:] if isinstance(m, Ge) and value < m.low):
             raise ConfigError(f"{name} must be >= {low:g}, got {f'{value:g}' if isinstance(value, float) else value}")
         return value
-    if origin is Literal and value not in args:
-        raise ConfigError(f"{name} must be one of {', '.join(args)}, got {value!r}")
-    if origin is Literal or hint is str:
-        return value if origin is Literal else str(value)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{name} must be one of {', '.join(args)}, got {value!r}")
+        return value
+    if hint is str:
+        return str(value)
     if origin is tuple:
         try:
             return tuple(args[0](v) for v in (value.split(",") if isinstance(value, str) else value))
@@ -53,7 +59,7 @@ def parse(name: str, hint: Any, value: Any) -> Any:
     what = "an integer" if hint is int else "a number"
     try:
         if hint is int and (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
-            raise ValueError(value)
+            raise ValueError(value)  # True or 2.5 is no integer
         return hint(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be {what}, got {value!r}") from None
@@ -73,6 +79,22 @@ def check_keys(mapping: Mapping[str, Any], known: Iterable[str], where: str = "c
             near = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise ConfigError(f"unknown {where} key {key!r}{hint}; known keys: {', '.join(known)}")
+
+
+def read_yaml(path: Union[str, os.PathLike], what: str) -> Dict[str, Any]:
+    """A yml file as a mapping (empty: {}); a missing, invalid or non-mapping file is an error naming ``what`` it
+    should be."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MissingFileError(f"config file {path!r} does not exist; give the path of {what}")
+    with open(path) as f:
+        try:
+            loaded = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path!r} is not valid YAML ({exc}); fix its syntax") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path!r} holds a {type(loaded).__name__}, not a mapping; give {what}")
+    return loaded
 
 
 class Strict:
