@@ -41,7 +41,6 @@ from .solvers import network_evaluations as solver_evaluations
 # ``settings`` is an openood_diffood.config.DiffOODSettings, named in annotations only (never evaluated): config
 # imports this module's PROTOCOLS, so importing it here would be a cycle.
 
-
 #: The ``protocol`` setting's choices: this package's, or the released DiffOOD code's (see the module docstring).
 PROTOCOLS = ("package", "official")
 #: Settings that change only how round trips are scored, never a reconstruction.
