@@ -177,3 +177,31 @@ def test_a_misspelt_keyword_names_the_nearest_field():
     with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
         RunOptions(batchsize=8)
     assert DiffOODSettings(timestep=100).timestep == 100
+
+
+def test_checks_and_flags_come_from_the_annotations():
+    """Issue 20: a field is its annotation plus help: Literal choices come from the modules that own them, bounds
+    from Annotated[..., Ge(n)], and add_arguments makes the flag's choices and type from the same annotation."""
+    from openood_diffood.method.diffood import PROTOCOLS
+    from openood_diffood.method.features import SPACES
+    from openood_diffood.method.solvers import SOLVERS
+    from openood_diffood.runtime.execution import PRECISIONS
+
+    for name, owner in (("solver", tuple(SOLVERS)), ("precision", PRECISIONS), ("protocol", PROTOCOLS)):
+        with pytest.raises(ConfigError, match=f"^{name} must be one of {', '.join(owner)}, got 'x'$"):
+            DiffOODSettings(**{name: "x"})
+    with pytest.raises(ConfigError, match=f"space must be one of {', '.join(SPACES)} or layer<k>"):
+        DiffOODSettings(space="logits")
+    with pytest.raises(ConfigError, match="^seed must be >= 0, got -1$"):
+        DiffOODSettings(seed=-1)
+    with pytest.raises(ConfigError, match="^combine_weight must be >= 0, got -0.5$"):
+        DiffOODSettings(combine_weight=-0.5)
+    assert DiffOODSettings(seed=0).seed == 0 and DiffOODSettings(guidance="0").guidance == 0.0
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    actions = {a.dest: a for a in parser._actions}
+    assert tuple(actions["solver"].choices) == tuple(SOLVERS) and tuple(actions["protocol"].choices) == PROTOCOLS
+    assert actions["repeats"].type("3") == 3 and actions["stride"].choices is None
+    with pytest.raises(argparse.ArgumentTypeError, match="repeats must be >= 1, got 0"):
+        actions["repeats"].type("0")
+    assert isinstance(actions["resize"], argparse.BooleanOptionalAction)

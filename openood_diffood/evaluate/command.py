@@ -16,6 +16,7 @@ from torch import nn
 
 from .. import config
 from ..config import ConfigError, DiffOODSettings, RunOptions
+from ..fields import positive_int
 from ..method.features import last_linear
 from ..method.normalization import DATASET_STATS
 from ..models.classifiers import ARCHITECTURES, load_classifier, training_statistics
@@ -280,10 +281,10 @@ def add_run_arguments(p: argparse.ArgumentParser, demo: bool = False) -> None:
                                     "the flags below override it")
     config.add_arguments(p, skip=("diffusion",) if demo else ())
     g = p.add_argument_group("run")
-    g.add_argument("--batch-size", type=config.positive_int, default=200,
+    g.add_argument("--batch-size", type=positive_int, default=200,
                    help="classifier batch size (default: %(default)s)")
-    g.add_argument("--limit", type=config.positive_int, help="at most N images per test set (random, fixed by --seed)")
-    g.add_argument("--fit-limit", type=config.positive_int,
+    g.add_argument("--limit", type=positive_int, help="at most N images per test set (random, fixed by --seed)")
+    g.add_argument("--fit-limit", type=positive_int,
                    help="at most N fit images (random, fixed by --seed; default: all)")
     g.add_argument("--out", help="output folder (default: runs/eval, or runs/demo for the demo); finished scores are "
                                  "kept in <out>/cache unless --cache-dir (or DIFFOOD_CACHE_DIR) names another")
@@ -301,7 +302,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("classifier")
     g.add_argument("--arch", help=f"{ARCHITECTURES} (default: OpenOOD's net for --id-data)")
     g.add_argument("--ckpt", help="state dict (.pt/.ckpt/.pth via torch.load(weights_only=True), or .safetensors)")
-    g.add_argument("--num-classes", type=config.positive_int,
+    g.add_argument("--num-classes", type=positive_int,
                    help="classes of the classifier (default: read from the checkpoint)")
     g = p.add_argument_group("data (.npz files or image folders)")
     g.add_argument("--id-data", default="cifar10",
@@ -316,7 +317,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="covariate-shifted ID set for --fsood (repeatable)")
     g.add_argument("--fsood", action="store_true", help="full-spectrum OOD: the csid sets count as ID")
     g.add_argument("--fit-data", metavar="PATH", help="ID training images ViM / KNN / ReAct are fitted on")
-    g.add_argument("--image-size", type=config.positive_int,
+    g.add_argument("--image-size", type=positive_int,
                    help="resize every image (shorter side, then centre crop) to this size (default: images are used "
                         "as they are)")
     g.add_argument("--mean", type=float, nargs="+", help="per-channel mean of the classifier's normalization "

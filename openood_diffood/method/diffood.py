@@ -31,14 +31,18 @@ from typing import Any, Callable, Dict, Hashable, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, DiffOODSettings, timesteps
+from ..errors import ConfigError
 from .features import Classifier
 from .noise import sample_noise
 from .scoring import repeat_changes
 from .solvers import SOLVERS, add_noise, solver_timesteps
 from .solvers import network_evaluations as solver_evaluations
 
+# ``settings`` is an openood_diffood.config.DiffOODSettings, named in annotations only (never evaluated): config
+# imports this module's PROTOCOLS, so importing it here would be a cycle.
 
+#: The ``protocol`` setting's choices: this package's, or the released DiffOOD code's (see the module docstring).
+PROTOCOLS = ("package", "official")
 #: Settings that change only how round trips are scored, never a reconstruction.
 SCORING_ONLY = ("space", "threshold", "combine", "combine_weight")
 
@@ -92,7 +96,7 @@ def network_samples(settings: DiffOODSettings, diffusion) -> int:
 def network_evaluations(settings: DiffOODSettings, diffusion) -> int:
     """The cost of a score: network evaluations (one sample through the network each) per image, the solver's
     evaluations times :func:`network_samples` (0 at timestep 0), summed over a list of timesteps."""
-    return sum(solver_evaluations(settings.solver, t, settings.stride) for t in timesteps(settings)) \
+    return sum(solver_evaluations(settings.solver, t, settings.stride) for t in settings.timesteps) \
         * network_samples(settings, diffusion)
 
 

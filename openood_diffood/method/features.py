@@ -22,7 +22,10 @@ from torch import nn
 
 from ..errors import ConfigError
 
-_LAYER = re.compile(r"^layer(\d+)$")
+#: The feature spaces DiffOOD compares, besides ``layer<k>`` (:data:`LAYER_SPACE`); ``image`` is the input itself
+#: (:func:`openood_diffood.method.diffood.classify`).
+SPACES = ("logit", "feature", "image")
+LAYER_SPACE = re.compile(r"^layer(\d+)$")
 
 
 def _accepts(net: nn.Module, kwarg: str) -> bool:
@@ -69,7 +72,7 @@ class Classifier(nn.Module):
             if threshold is not None:
                 feat = feat.clip(max=threshold)
             return logits, feat.flatten(1)
-        match = _LAYER.match(space)
+        match = LAYER_SPACE.match(space)
         if match is None:
             raise ConfigError(f"the classifier has no feature space {space!r}: use logit, feature or layer<k>")
         logits, layer = self.layer(x, int(match.group(1)))
@@ -95,7 +98,7 @@ class Classifier(nn.Module):
                 raise ConfigError(f"space layer{k}: the net returns {len(feats)} feature maps "
                                   f"(layer0..layer{len(feats) - 1})")
             return logits, feats[k]
-        stages = sorted(int(m.group(1)) for name, _ in self.net.named_children() if (m := _LAYER.match(name)))
+        stages = sorted(int(m.group(1)) for name, _ in self.net.named_children() if (m := LAYER_SPACE.match(name)))
         if k not in stages and not (k == 0 and stages):
             raise ConfigError(f"space layer{k}: {type(self.net).__name__} has no child module 'layer{k}' (has "
                               f"{['layer%d' % i for i in stages]}; layer0 is the input of the first)")

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Hashable, Iterable, Iterator, Optional, 
 import torch
 from torch import nn
 
-from ..config import ConfigError, DiffOODSettings, RunOptions, split_mapping, timesteps
+from ..config import ConfigError, DiffOODSettings, RunOptions, split_mapping
 from ..method.calibration import Calibration
 from ..method.diffood import RoundTrip, classify, diffood, network_samples, reconstruct
 from ..method.features import Classifier, as_classifier
@@ -105,7 +105,7 @@ class DiffOOD:
                                     options.channels_last)
 
     def _check_models(self) -> None:
-        s, d, t = self.settings, self.diffusion, max(timesteps(self.settings))
+        s, d, t = self.settings, self.diffusion, max(self.settings.timesteps)
         if t >= d.num_train_timesteps:
             raise ConfigError(f"timestep {t} is outside the diffusion model's schedule "
                               f"(0 .. {d.num_train_timesteps - 1}); use a smaller timestep")

@@ -12,6 +12,8 @@ from ..models.diffusion import DiffusionBackend
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: What ``precision: auto`` means per device type (any other type: fp32); a test may switch the CPU to bf16.
 AUTO_PRECISION = {"cuda": "bf16"}
+#: The precisions an engine runs at (the ``precision`` setting's choices).
+PRECISIONS = ("auto", "fp32", *AUTOCAST_DTYPES)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

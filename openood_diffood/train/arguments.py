@@ -6,7 +6,7 @@ import argparse
 from typing import Any, Dict
 
 from ..errors import ConfigError
-from ..config import positive_int
+from ..fields import positive_int
 from .data import DEMO_DATA
 
 #: Arguments that only steer one invocation; every other one must match when a run is resumed.

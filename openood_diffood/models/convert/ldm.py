@@ -8,12 +8,13 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 
 from ...errors import ConfigError
+from ...fields import read_yaml
 from ..checkpoints import load_state_dict_file
 from .conversion import Conversion
 from .ddpm_blocks import down_path, middle_and_ends, up_path
 from .keys import LAYER, ModuleTable, build_model, nest, same_names
-from .source_config import read_yaml, require
 from .openai_blocks import unet_table
+from .source_config import require
 
 #: ``beta_schedule`` of LDM's ``make_beta_schedule`` -> diffusers'.
 BETA_SCHEDULES = {"linear": "scaled_linear", "sqrt_linear": "linear", "cosine": "squaredcos_cap_v2"}

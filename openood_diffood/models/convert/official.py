@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ...errors import ConfigError
-from .source_config import read_yaml, require
+from ...fields import read_yaml
+from .source_config import require
 
 #: ``Schedule.type`` -> diffusers' ``beta_schedule``: linear betas, the square of linear square roots ("quad"), and
 #: improved DDPM's cosine alpha-bar with betas capped at 0.999 (``squaredcos_cap_v2``).
