@@ -18,11 +18,9 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .cifar10_data import DATA_FILES, add_precision_argument, build_sets, cifar_engine, load_models
+from .cifar10_data import DATA_FILES, add_set_arguments, cifar_engine, from_arguments
 from .cifar10_report import Inputs, write_report
-from .common import (add_output_arguments, apply_run_arguments, data_dir, float_list, int_list, provenance,
-                     setting)
-from .roundtrips import RoundTripStore
+from .common import add_output_arguments, float_list, int_list, provenance, setting
 from .suite import baseline_scores, diffood_changes
 from .sweep import GUIDANCES, PAPER, TIMESTEPS, joint_sweep
 
@@ -31,14 +29,9 @@ SPACES = ("image", "layer1", "layer2", "layer3", "layer4", "feature", "logit")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Optional[Path]:
-    args = parse_args(argv)
-    apply_run_arguments(args)
-    started = time.perf_counter()
-    data = data_dir()
-    net, backend = load_models(data, args.classifier, args.diffusion)
-    sets = build_sets(data, net, args.n, args.val_n, args.misclassified, args.fit_n, args.seed)
+    args, started = parse_args(argv), time.perf_counter()
+    data, net, backend, sets, store = from_arguments(args)
     suite = sets.suite()
-    store = RoundTripStore(args.cache_dir)
     paper = cifar_engine(net, backend, timestep=args.paper[0], guidance=args.paper[1], seed=args.seed,
                          precision=args.precision)
     sweep = joint_sweep(store, paper, suite, args.sweep_timesteps, args.sweep_guidances)
@@ -67,19 +60,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Path]:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=int, default=300, help="images per test set (ID, each OOD set)")
-    p.add_argument("--val-n", type=int, default=150, help="images per validation set (ID hold-out, TIN val)")
-    p.add_argument("--misclassified", type=int, default=100, help="misclassified ID images for Table 3")
-    p.add_argument("--fit-n", type=int, default=None, help="fit images for ViM / KNN / ReAct (default: all 10,000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--classifier", help="ResNet18_32x32 checkpoint (default: the shared one)")
-    p.add_argument("--diffusion", help="diffusers directory (default: the shared cifar10_cond_unet)")
+    add_set_arguments(p)
     p.add_argument("--paper", type=setting, default=PAPER,
                    help="the paper's t,w (DDIM stride 20, R = 4, logits)")
     p.add_argument("--sweep-timesteps", type=int_list, default=list(TIMESTEPS))
     p.add_argument("--sweep-guidances", type=float_list, default=list(GUIDANCES))
     p.add_argument("--backend", default="auto", help="baselines from openood / pytorch-ood / auto")
-    add_precision_argument(p)
     add_output_arguments(p, "reconstruct", "'reconstruct' only fills the round-trip store")
     return p.parse_args(argv)
 

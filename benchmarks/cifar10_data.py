@@ -29,6 +29,8 @@ from openood_diffood.method.normalization import DATASET_STATS, Normalization
 from openood_diffood.models.classifiers import load_classifier
 from openood_diffood.models.diffusion import DiffusionBackend
 
+from .common import apply_run_arguments, data_dir
+from .roundtrips import RoundTripStore
 from .suite import Suite
 
 HOLDOUT = 1000
@@ -109,6 +111,28 @@ def load_models(data: Path, classifier: Optional[str] = None,
     """The shared ResNet18_32x32 and class-conditional UNet (or the given files)."""
     net = load_classifier("resnet18_32x32", classifier or str(data / CLASSIFIER))
     return net, load_diffusion(diffusion or str(data / DIFFUSION))
+
+
+def from_arguments(args: argparse.Namespace) -> Tuple[Path, nn.Module, DiffusionBackend, Sets, RoundTripStore]:
+    """Apply the run arguments (threads, resamples); the shared data folder, the models, the sets that
+    :func:`add_set_arguments`' flags name and the round-trip store."""
+    apply_run_arguments(args)
+    data = data_dir()
+    net, backend = load_models(data, args.classifier, args.diffusion)
+    sets = build_sets(data, net, args.n, args.val_n, args.misclassified, args.fit_n, args.seed)
+    return data, net, backend, sets, RoundTripStore(args.cache_dir)
+
+
+def add_set_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of the CIFAR-10 sets, models and round-trip precision (part of the round-trip store's key)."""
+    parser.add_argument("--n", type=int, default=300, help="images per test set (ID, each OOD set)")
+    parser.add_argument("--val-n", type=int, default=150, help="images per validation set (ID hold-out, TIN val)")
+    parser.add_argument("--misclassified", type=int, default=100, help="misclassified ID images for Table 3")
+    parser.add_argument("--fit-n", type=int, default=None, help="fit images of ViM / KNN / ReAct (default: all 10,000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--classifier", help="ResNet18_32x32 checkpoint (default: the shared one)")
+    parser.add_argument("--diffusion", help="diffusers directory (default: the shared cifar10_cond_unet)")
+    add_precision_argument(parser)
 
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:

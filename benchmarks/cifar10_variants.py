@@ -17,9 +17,8 @@ import argparse
 import time
 from typing import Optional, Sequence
 
-from .cifar10_data import DATA_FILES, add_precision_argument, build_sets, cifar_engine, load_models
-from .common import add_output_arguments, apply_run_arguments, data_dir, float_list, int_list, provenance, setting
-from .roundtrips import RoundTripStore
+from .cifar10_data import DATA_FILES, add_set_arguments, cifar_engine, from_arguments
+from .common import add_output_arguments, float_list, int_list, provenance, setting
 from .suite import baseline_scores, diffood_changes
 from .variants import Variant, best, candidates, validation_aurocs
 from .variants_report import Study, write_report
@@ -35,14 +34,9 @@ CURRENT = (100, 6.0)
 
 
 def main(argv: Optional[Sequence[str]] = None):
-    args = parse_args(argv)
-    apply_run_arguments(args)
-    started = time.perf_counter()
-    data = data_dir()
-    net, backend = load_models(data, args.classifier, args.diffusion)
-    sets = build_sets(data, net, args.n, args.val_n, args.misclassified, args.fit_n, args.seed)
+    args, started = parse_args(argv), time.perf_counter()
+    data, net, backend, sets, store = from_arguments(args)
     suite = sets.suite()
-    store = RoundTripStore(args.cache_dir)
 
     def changes(t: int, w: float, image_sets, label: str):
         e = cifar_engine(net, backend, timestep=t, guidance=w, repeats=args.repeats, precision=args.precision,
@@ -69,7 +63,8 @@ def main(argv: Optional[Sequence[str]] = None):
     if args.stage == "validate":
         return None
     test_sets = [*suite.test_sets(), sets.misclassified]
-    needed = sorted({(t, chosen.guidance) for t in chosen.timesteps} | {tuple(args.current)})
+    needed = sorted({(t, chosen.guidance) for t in chosen.timesteps} | ({tuple(args.current)} if args.test_current
+                                                                      else set()))
     test_changes = {tw: changes(*tw, test_sets, "test") for tw in needed}
     bench = suite.benchmark()
     bench.ood["table3"] = [sets.misclassified]
@@ -79,20 +74,14 @@ def main(argv: Optional[Sequence[str]] = None):
         "this run, wall": time.perf_counter() - started}, argv=list(argv) if argv is not None else None,
         precision=args.precision, repeats=args.repeats)
     study = Study(sets, suite, val, (test_changes, base), aurocs, costs, chosen, current, combos, combined,
-                  id_pred, backend, args.repeats)
+                  id_pred, backend, args.repeats, args.test_current)
     return write_report(args.out, args.tag, study, meta)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=int, default=300, help="images per test set (ID, each OOD set)")
-    p.add_argument("--val-n", type=int, default=150, help="images per validation set (ID hold-out, TIN val)")
-    p.add_argument("--misclassified", type=int, default=100, help="misclassified ID images for Table 3")
-    p.add_argument("--fit-n", type=int, default=None, help="fit images for ViM / KNN (default: all 10,000)")
-    p.add_argument("--seed", type=int, default=0)
+    add_set_arguments(p)
     p.add_argument("--repeats", type=int, default=2, help="R of every round trip (the sweep's R; 2 fits a CPU)")
-    p.add_argument("--classifier", help="ResNet18_32x32 checkpoint (default: the shared one)")
-    p.add_argument("--diffusion", help="diffusers directory (default: the shared cifar10_cond_unet)")
     p.add_argument("--timesteps", type=int_list, default=list(TIMESTEPS))
     p.add_argument("--guidances", type=float_list, default=list(GUIDANCES))
     p.add_argument("--extra", type=lambda s: [setting(c) for c in s.split(";")], default=[],
@@ -101,8 +90,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--combine", type=lambda s: s.split(","), default=list(COMBINE),
                    help="postprocessors combined with the chosen variant (weight chosen on validation)")
     p.add_argument("--current", type=setting, default=CURRENT, help="the earlier validation choice t,w (logits)")
+    p.add_argument("--test-current", action=argparse.BooleanOptionalAction, default=True,
+                   help="also score the earlier choice on the test sets (its round trips; paired against it)")
     p.add_argument("--backend", default="auto", help="baselines from openood / pytorch-ood / auto")
-    add_precision_argument(p)
     add_output_arguments(p, "validate", "'validate' stops after the validation choice (no test round trips)")
     return p.parse_args(argv)
 

@@ -42,12 +42,13 @@ class Study:
     id_pred: np.ndarray
     diffusion: object
     repeats: int
+    test_current: bool = True
 
     def test_scores(self) -> Dict[str, Dict[str, np.ndarray]]:
         """Scores on the test sets (and the misclassified set) of every reported row, by row name."""
         names = [s.name for s in [*self.suite.test_sets(), self.sets.misclassified]]
         rows = {"chosen": self.chosen, **{f"chosen+{n}": v for n, v in self.combined.items()},
-                "current": self.current}
+                **({"current": self.current} if self.test_current else {})}
         out = {f"{v.name}": v.scores(self.val, self.suite.id_val.name, self.test, names) for v in rows.values()}
         return {**out, **{m: self.test[1][m] for m in self.test[1]}}
 
@@ -89,7 +90,8 @@ def test_table(study: Study, scores: Mapping[str, Mapping[str, np.ndarray]]) -> 
 def differences(study: Study, scores: Mapping[str, Mapping[str, np.ndarray]]) -> Tuple[str, dict]:
     """Paired differences of the chosen variant (and its combinations) against KNN, ViM and the earlier choice."""
     id_name, groups = study.suite.id_test.name, _groups(study.suite)
-    pairs = [(study.chosen.name, b) for b in ("knn", "vim", study.current.name)]
+    pairs = [(study.chosen.name, b) for b in ("knn", "vim", *([study.current.name] if study.test_current else []))
+             if b != study.chosen.name]
     pairs += [(v.name, v.combine) for v in study.combined.values()]
     rows, payload = [], {}
     for a, b in pairs:

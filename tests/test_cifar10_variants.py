@@ -63,7 +63,7 @@ def test_study_runs_end_to_end_and_chooses_on_validation(shared_data, tiny_cifar
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "benchmarks.cifar10_variants", "--n", "6", "--val-n", "6", "--misclassified", "4",
            "--fit-n", "120", "--diffusion", str(tiny_cifar10_diffusion), "--timesteps", "20,40", "--guidances", "3,6",
-           "--spaces", "logit,feature", "--extra", "10,6", "--combine", "knn", "--current", "40,3",
+           "--spaces", "logit,feature", "--extra", "60,6", "--combine", "knn", "--current", "40,3",
            "--precision", "fp32",
            "--resamples", "50", "--threads", "2", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
            "--tag", "t"]
