@@ -301,27 +301,23 @@ def check_baselines(names: Sequence[str], backend: str = "auto", also: Sequence[
     """Raise a ValueError naming the available methods (the baselines and ``also``, with the nearest one) if any of
     ``names`` cannot be built with ``backend``."""
     for name in names:
-        _check_name(name, backend, also)
-
-
-def _check_name(name: str, backend: str, also: Sequence[str] = ()) -> None:
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown baseline backend {backend!r}; use one of {BACKENDS}")
-    available = available_baselines(backend)
-    if name in available:
-        return
-    known = sorted(set(available) | set(also))
-    near = difflib.get_close_matches(name, known, n=1)
-    why = openood_postprocessors()[2]
-    raise ConfigError(
-        f"unknown baseline {name!r}{f' (did you mean {near[0]!r}?)' if near else ''} for backend {backend!r}: "
-        f"available are {', '.join(known)}"
-        + (f" (OpenOOD's postprocessors would add more, but {why})" if why and backend != "pytorch-ood" else ""))
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown baseline backend {backend!r}; use one of {BACKENDS}")
+        available = available_baselines(backend)
+        if name in available:
+            continue
+        known = sorted(set(available) | set(also))
+        near = difflib.get_close_matches(name, known, n=1)
+        why = openood_postprocessors()[2]
+        raise ConfigError(
+            f"unknown baseline {name!r}{f' (did you mean {near[0]!r}?)' if near else ''} for backend {backend!r}: "
+            f"available are {', '.join(known)}"
+            + (f" (OpenOOD's postprocessors would add more, but {why})" if why and backend != "pytorch-ood" else ""))
 
 
 def make_baseline(name: str, classifier: nn.Module, backend: str = "auto", id_name: str = "cifar10") -> Baseline:
     """Build baseline ``name``: OpenOOD's postprocessor (``auto`` when OpenOOD imports) else pytorch-ood's detector."""
-    _check_name(name, backend)
+    check_baselines([name], backend)
     if backend != "pytorch-ood" and name in _openood_names():
         return OpenOODBaseline(name, classifier, id_name)
     return PytorchOODBaseline(name, classifier)

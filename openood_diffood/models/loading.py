@@ -87,11 +87,6 @@ def layout_of(parts: Set[str]) -> str:
     return "latent" if {"vae", "transformer"} & parts else "pixel"
 
 
-def is_latent_layout(path: Union[str, os.PathLike], **hub_kwargs) -> bool:
-    """True when the model at ``path`` is a latent diffusion model: it has a ``vae``, ``vqvae`` or ``transformer``."""
-    return layout_of(components(os.fspath(path), **hub_kwargs)) != "pixel"
-
-
 def alphas_cumprod_from_scheduler(path: str, **hub_kwargs) -> torch.Tensor:
     """The cumulative alpha products of the model's own diffusers scheduler config."""
     from diffusers import DDPMScheduler
