@@ -110,9 +110,6 @@ class OpenOODNet(nn.Module):
         self.fc = last_linear(self.classifier.net)
         self._known: Dict[int, Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]] = {}
 
-    def _device(self) -> torch.device:
-        return self.fc.weight.device
-
     @contextlib.contextmanager
     def knowing(self, data: FitData) -> Iterator[None]:
         """Inside the block, ``forward(x, return_feature=True)`` on one of ``data``'s batches returns its
@@ -127,7 +124,7 @@ class OpenOODNet(nn.Module):
         known = self._known.get(id(x))
         if return_feature and not return_feature_list and known is not None and known[0] is x:
             return known[1]
-        x = x.to(self._device())
+        x = x.to(self.fc.weight.device)
         if return_feature_list:
             if not self.classifier.openood_style:
                 raise ConfigError(f"this postprocessor needs feature lists (return_feature_list), which only "
