@@ -305,3 +305,17 @@ def write_openood_data_root_from_shared(root: Path, shared: Path, n_per_list: in
         return pixels[picks], labels
 
     write_openood_data_root(root, n_per_list, images=images)
+
+
+def is_latent_layout(path) -> bool:
+    """True when the model at ``path`` is a latent diffusion model: it has a ``vae``, ``vqvae`` or ``transformer``."""
+    from openood_diffood.models.loading import components, layout_of
+
+    return layout_of(components(os.fspath(path))) != "pixel"
+
+
+def openood_spec(imglist: str, image_root: str) -> str:
+    """The spec of an OpenOOD image list whose paths are relative to ``image_root``."""
+    from openood_diffood.evaluate.images import _SEP
+
+    return f"{imglist}{_SEP}{image_root}"

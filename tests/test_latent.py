@@ -7,15 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import imagenet_images as _images, tiny_scheduler, write_tiny_diffusion, write_tiny_dit, \
-    write_tiny_latent_unet
+from conftest import imagenet_images as _images, is_latent_layout, tiny_scheduler, write_tiny_diffusion, \
+    write_tiny_dit, write_tiny_latent_unet
 from openood_diffood import DiffOOD, load_diffusion
 from openood_diffood.method.diffood import guided_noise
 from openood_diffood.method.features import Classifier
 from openood_diffood.method.solvers import ddim, solver_timesteps
 from openood_diffood.models.diffusion import PixelUNetBackend
 from openood_diffood.models.latent import DiTDenoiser, LatentBackend
-from openood_diffood.models.loading import is_latent_layout
 from openood_diffood.openood.imagenet import imagenet200_class_map
 from openood_diffood.runtime.memory import fit_batch_size
 

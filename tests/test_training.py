@@ -10,9 +10,9 @@ import torch
 from accelerate.utils import load as accelerate_load
 from safetensors.torch import load_file
 
-from conftest import TinyNet
+from conftest import TinyNet, openood_spec
 from openood_diffood import DiffOOD, load_diffusion
-from openood_diffood.evaluate.images import load_images, openood_spec
+from openood_diffood.evaluate.images import load_images
 from openood_diffood.train.arguments import add_train_arguments
 from openood_diffood.train.trainer import train_main
 

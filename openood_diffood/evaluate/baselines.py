@@ -110,9 +110,6 @@ class OpenOODNet(nn.Module):
         self.fc = last_linear(self.classifier.net)
         self._known: Dict[int, Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]] = {}
 
-    def _device(self) -> torch.device:
-        return self.fc.weight.device
-
     @contextlib.contextmanager
     def knowing(self, data: FitData) -> Iterator[None]:
         """Inside the block, ``forward(x, return_feature=True)`` on one of ``data``'s batches returns its
@@ -127,7 +124,7 @@ class OpenOODNet(nn.Module):
         known = self._known.get(id(x))
         if return_feature and not return_feature_list and known is not None and known[0] is x:
             return known[1]
-        x = x.to(self._device())
+        x = x.to(self.fc.weight.device)
         if return_feature_list:
             if not self.classifier.openood_style:
                 raise ConfigError(f"this postprocessor needs feature lists (return_feature_list), which only "
@@ -301,27 +298,23 @@ def check_baselines(names: Sequence[str], backend: str = "auto", also: Sequence[
     """Raise a ValueError naming the available methods (the baselines and ``also``, with the nearest one) if any of
     ``names`` cannot be built with ``backend``."""
     for name in names:
-        _check_name(name, backend, also)
-
-
-def _check_name(name: str, backend: str, also: Sequence[str] = ()) -> None:
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown baseline backend {backend!r}; use one of {BACKENDS}")
-    available = available_baselines(backend)
-    if name in available:
-        return
-    known = sorted(set(available) | set(also))
-    near = difflib.get_close_matches(name, known, n=1)
-    why = openood_postprocessors()[2]
-    raise ConfigError(
-        f"unknown baseline {name!r}{f' (did you mean {near[0]!r}?)' if near else ''} for backend {backend!r}: "
-        f"available are {', '.join(known)}"
-        + (f" (OpenOOD's postprocessors would add more, but {why})" if why and backend != "pytorch-ood" else ""))
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown baseline backend {backend!r}; use one of {BACKENDS}")
+        available = available_baselines(backend)
+        if name in available:
+            continue
+        known = sorted(set(available) | set(also))
+        near = difflib.get_close_matches(name, known, n=1)
+        why = openood_postprocessors()[2]
+        raise ConfigError(
+            f"unknown baseline {name!r}{f' (did you mean {near[0]!r}?)' if near else ''} for backend {backend!r}: "
+            f"available are {', '.join(known)}"
+            + (f" (OpenOOD's postprocessors would add more, but {why})" if why and backend != "pytorch-ood" else ""))
 
 
 def make_baseline(name: str, classifier: nn.Module, backend: str = "auto", id_name: str = "cifar10") -> Baseline:
     """Build baseline ``name``: OpenOOD's postprocessor (``auto`` when OpenOOD imports) else pytorch-ood's detector."""
-    _check_name(name, backend)
+    check_baselines([name], backend)
     if backend != "pytorch-ood" and name in _openood_names():
         return OpenOODBaseline(name, classifier, id_name)
     return PytorchOODBaseline(name, classifier)

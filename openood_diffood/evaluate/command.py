@@ -177,9 +177,9 @@ def run_evaluation(args: argparse.Namespace, methods: List[str], bench: Benchmar
         engine.check_input(bench.normalization.from_uint8(bench.id_test.images[:2]))
     runners = build_runners(net, methods, engine, args.baseline_backend, id_name)
     check_fit_data(runners, bench.fit is not None)
-    if engine is not None and engine.needs_calibration and bench.fit is None:
-        raise ConfigError(f"combine and a list of timesteps calibrate on ID images: give --fit-data (ID training "
-                          f"images; up to {CALIBRATION_IMAGES} are used) or leave --combine out and give one timestep")
+    # combine and a list of timesteps calibrate on fit-set images: checked (there is a fit set) now
+    calibration = calibration_batches(bench, engine.batch_size, settings.seed) \
+        if engine is not None and engine.needs_calibration else None
     if engine is not None and settings.combine not in (None, "energy"):
         check_baselines([settings.combine], args.baseline_backend)
     results: Dict[str, List[metrics.MethodResult]] = {}
@@ -197,8 +197,8 @@ def run_evaluation(args: argparse.Namespace, methods: List[str], bench: Benchmar
         if engine is not None and settings.combine not in (None, "energy"):  # fitted on the whole fit set
             engine.companion = fitted_scorer(settings.combine, net, fit_batches(bench, args.batch_size), id_name,
                                              args.baseline_backend)
-        if engine is not None and engine.needs_calibration:  # statistics: the fit set's (ID train) images
-            engine.calibrate(calibration_batches(bench, engine.batch_size, settings.seed))
+        if calibration is not None:  # statistics: the fit set's (ID train) images
+            engine.calibrate(calibration)
         if "normalization_from" in meta:
             norm = settings.normalization
             print(f"normalization: mean {list(norm.mean)}, std {list(norm.std)} ({meta['normalization_from']}; "

@@ -20,11 +20,6 @@ _SEP = "::"
 Images = Tuple[np.ndarray, Optional[np.ndarray], List[str]]
 
 
-def openood_spec(imglist: str, image_root: str) -> str:
-    """The spec of an OpenOOD image list whose paths are relative to ``image_root``."""
-    return f"{imglist}{_SEP}{image_root}"
-
-
 def load_images(spec: str, size: Optional[int] = None) -> Images:
     """(images uint8 N x H x W x C, labels int64 or None when the source has none, class names) of a spec.
     ``size``: resize every image to ``size`` x ``size``. Without it, images of different sizes are an error."""

@@ -82,8 +82,13 @@ class Classifier(nn.Module):
         """(logits, the input of the last linear layer)."""
         if self.openood_style:
             return self.net(x, return_feature=True)
+        return self._hooked(x, last_linear(self.net), takes=True)
+
+    def _hooked(self, x: torch.Tensor, module: nn.Module, takes: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(logits, what ``module`` takes (``takes``) or returns in the forward pass of ``x``), read by a hook."""
         captured: List[torch.Tensor] = []
-        handle = last_linear(self.net).register_forward_pre_hook(lambda m, inp: captured.append(inp[0]))
+        handle = module.register_forward_pre_hook(lambda m, inp: captured.append(inp[0])) if takes else \
+            module.register_forward_hook(lambda m, inp, out: captured.append(out))
         try:
             logits = self(x)
         finally:
@@ -102,17 +107,7 @@ class Classifier(nn.Module):
         if k not in stages and not (k == 0 and stages):
             raise ConfigError(f"space layer{k}: {type(self.net).__name__} has no child module 'layer{k}' (has "
                               f"{['layer%d' % i for i in stages]}; layer0 is the input of the first)")
-        captured: List[torch.Tensor] = []
-        if k in stages:
-            handle = getattr(self.net, f"layer{k}").register_forward_hook(lambda m, inp, out: captured.append(out))
-        else:
-            handle = getattr(self.net, f"layer{stages[0]}").register_forward_pre_hook(
-                lambda m, inp: captured.append(inp[0]))
-        try:
-            logits = self(x)
-        finally:
-            handle.remove()
-        out = captured[-1]
+        logits, out = self._hooked(x, getattr(self.net, f"layer{k if k in stages else stages[0]}"), k not in stages)
         if k == stages[-1] and out.ndim == 4:  # the last stage pooled, as OpenOOD's nets return it
             out = F.adaptive_avg_pool2d(out, 1)
         return logits, out

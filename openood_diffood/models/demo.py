@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import MissingFileError
 from .checkpoints import load_state_dict_file
+from .networks import openood_outputs
 
 #: The demo's classes (digits 0-5).
 DEMO_CLASSES = ("0", "1", "2", "3", "4", "5")
@@ -39,13 +40,7 @@ class DemoNet(nn.Module):
         feats = [self.layer1(x)]
         feats.append(self.layer2(feats[-1]))
         feats.append(self.layer3(feats[-1]).mean((2, 3), keepdim=True))
-        feature = feats[-1].flatten(1)
-        logits = self.fc(feature)
-        if return_feature:
-            return logits, feature
-        if return_feature_list:
-            return logits, feats
-        return logits
+        return openood_outputs(self.fc(feats[-1].flatten(1)), feats, return_feature, return_feature_list)
 
 
 def load_demo_models(device: str = "cpu") -> Tuple[nn.Module, str]:

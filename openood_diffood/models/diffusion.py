@@ -14,6 +14,9 @@ class DiffusionBackend(nn.Module):
     map images in [-1, 1] to the space it denoises. ``num_classes``: real classes (None: unconditional); ``null_class``:
     guidance's unconditional label; ``max_timestep``: the largest trained timestep, when known."""
 
+    #: The submodule whose config's ``in_channels`` are the channels of the images the model takes.
+    input_module = ""
+
     def __init__(self, alphas_cumprod: torch.Tensor, num_classes: Optional[int], null_class: Optional[int],
                  sample_size: int, max_timestep: Optional[int] = None) -> None:
         super().__init__()
@@ -35,8 +38,10 @@ class DiffusionBackend(nn.Module):
 
     @property
     def channels(self) -> int:
-        """Channels of the images the model takes."""
-        raise NotImplementedError
+        """Channels of the images the model takes (``in_channels`` of :attr:`input_module`'s config)."""
+        if not self.input_module:
+            raise NotImplementedError
+        return int(getattr(self, self.input_module).config.in_channels)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Map images in [-1, 1] into the space the network denoises."""
@@ -83,16 +88,14 @@ class PixelUNetBackend(DiffusionBackend):
     images, or latents when a :class:`~openood_diffood.models.latent.LatentBackend` wraps it. A learned-variance
     output (twice the input channels, improved-diffusion) contributes its epsilon half."""
 
+    input_module = "unet"
+
     def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor, null_class: Optional[int] = None,
                  max_timestep: Optional[int] = None) -> None:
         embeds = unet.config.num_class_embeds
         num_classes, null_class = (None, None) if embeds is None else resolve_null_class(embeds, null_class)
         super().__init__(alphas_cumprod, num_classes, null_class, unet.config.sample_size, max_timestep)
         self.unet = unet.eval().requires_grad_(False)
-
-    @property
-    def channels(self) -> int:
-        return int(self.unet.config.in_channels)
 
     def network(self, z: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
         out = self.unet(z, t, class_labels=labels, return_dict=False)[0]

@@ -23,6 +23,8 @@ class DiTDenoiser(DiffusionBackend):
     (the extra row of DiT's label table that classifier-free training drops labels to: 1000 for DiT-XL-2-256).
     With learned sigma the first half of the output channels is the noise prediction."""
 
+    input_module = "transformer"
+
     def __init__(self, transformer: nn.Module, alphas_cumprod: torch.Tensor,
                  null_class: Optional[int] = None) -> None:
         classes = transformer.config.num_embeds_ada_norm
@@ -32,10 +34,6 @@ class DiTDenoiser(DiffusionBackend):
         num_classes, null_class = resolve_null_class(classes + 1, null_class)
         super().__init__(alphas_cumprod, num_classes, null_class, transformer.config.sample_size)
         self.transformer = transformer.eval().requires_grad_(False)
-
-    @property
-    def channels(self) -> int:
-        return int(self.transformer.config.in_channels)
 
     def network(self, z: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
         """Epsilon for latents ``z`` at timesteps ``t``; ``labels`` None predicts with the null class."""
@@ -48,16 +46,14 @@ class ClassTokenUNet(DiffusionBackend):
     """A diffusers ``UNet2DConditionModel`` whose cross-attention context is one token, the class embedding of the
     label (CompVis LDM ``cin256``: ``ClassEmbedder`` rows 0 .. 999 the classes, the last row the null class)."""
 
+    input_module = "unet"
+
     def __init__(self, unet: nn.Module, class_embedder: nn.Module, alphas_cumprod: torch.Tensor,
                  null_class: Optional[int] = None) -> None:
         num_classes, null_class = resolve_null_class(class_embedder.config.num_embeddings, null_class)
         super().__init__(alphas_cumprod, num_classes, null_class, unet.config.sample_size)
         self.unet = unet.eval().requires_grad_(False)
         self.class_embedder = class_embedder.eval().requires_grad_(False)
-
-    @property
-    def channels(self) -> int:
-        return int(self.unet.config.in_channels)
 
     def network(self, z: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
         """Epsilon for latents ``z`` at timesteps ``t``; ``labels`` None predicts with the null class."""
@@ -70,6 +66,8 @@ class LatentBackend(DiffusionBackend):
     """A latent denoiser behind an ``AutoencoderKL``: ``encode`` takes the posterior's mean (deterministic, so a
     score's only randomness is its diffusion noise), shifted and scaled as diffusers' pipelines do."""
 
+    input_module = "vae"
+
     def __init__(self, denoiser: DiffusionBackend, vae: nn.Module) -> None:
         factor = vae_scale_factor(vae)
         super().__init__(denoiser.alphas_cumprod, denoiser.num_classes, denoiser.null_class,
@@ -79,10 +77,6 @@ class LatentBackend(DiffusionBackend):
         self.vae = vae.eval().requires_grad_(False)
         self.scaling_factor = float(vae.config.scaling_factor)
         self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
-
-    @property
-    def channels(self) -> int:
-        return int(self.vae.config.in_channels)
 
     @property
     def latent_size(self) -> int:

@@ -4,7 +4,6 @@
 within seconds, with the command that downloads it."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional, Set, Union
 
@@ -61,21 +60,16 @@ def check_model_dir(path: str, layout: str) -> None:
 
 
 def components(path: str, **hub_kwargs) -> Set[str]:
-    """Names of the model's parts: ``model_index.json`` entries plus subfolders that hold a ``config.json``."""
-    if not os.path.isdir(path):
-        from diffusers import DiffusionPipeline
+    """Names of the model's parts: ``model_index.json`` entries plus (local) subfolders that hold a ``config.json``."""
+    from diffusers import DiffusionPipeline
 
-        try:
-            index = DiffusionPipeline.load_config(path, **hub_kwargs)
-        except (OSError, ValueError):
-            return set()
-        return {k for k, v in index.items() if isinstance(v, (list, tuple)) and not k.startswith("_")}
-    names = {d for d in os.listdir(path) if os.path.isfile(os.path.join(path, d, "config.json"))}
-    index_file = os.path.join(path, "model_index.json")
-    if os.path.isfile(index_file):
-        with open(index_file) as f:
-            index = json.load(f)
-        names |= {k for k, v in index.items() if isinstance(v, list) and not k.startswith("_")}
+    try:
+        index = DiffusionPipeline.load_config(path, **hub_kwargs)
+    except (OSError, ValueError):
+        index = {}
+    names = {k for k, v in index.items() if isinstance(v, (list, tuple)) and not k.startswith("_")}
+    if os.path.isdir(path):
+        names |= {d for d in os.listdir(path) if os.path.isfile(os.path.join(path, d, "config.json"))}
     return names
 
 
@@ -85,11 +79,6 @@ def layout_of(parts: Set[str]) -> str:
     if "vqvae" in parts:
         return "ldm"
     return "latent" if {"vae", "transformer"} & parts else "pixel"
-
-
-def is_latent_layout(path: Union[str, os.PathLike], **hub_kwargs) -> bool:
-    """True when the model at ``path`` is a latent diffusion model: it has a ``vae``, ``vqvae`` or ``transformer``."""
-    return layout_of(components(os.fspath(path), **hub_kwargs)) != "pixel"
 
 
 def alphas_cumprod_from_scheduler(path: str, **hub_kwargs) -> torch.Tensor:

@@ -11,6 +11,15 @@ from torch import nn
 from ..errors import ConfigError
 
 
+def openood_outputs(logits: torch.Tensor, feats: List[torch.Tensor], return_feature: bool,
+                    return_feature_list: bool):
+    """What OpenOOD's nets return: logits; with ``return_feature`` also the pooled feature (the last of ``feats``,
+    flattened); with ``return_feature_list`` also every stage's output ``feats``."""
+    if return_feature:
+        return logits, feats[-1].flatten(1)
+    return (logits, feats) if return_feature_list else logits
+
+
 class _BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int, shortcut: str) -> None:
         super().__init__()
@@ -58,13 +67,7 @@ class _CifarResNet(nn.Module):
         for i in range(self.n_stages):
             feats.append(getattr(self, f"layer{i + 1}")(feats[-1]))
         feats[-1] = F.adaptive_avg_pool2d(feats[-1], 1)
-        feature = feats[-1].flatten(1)
-        logits = self.get_fc_layer()(feature)
-        if return_feature:
-            return logits, feature
-        if return_feature_list:
-            return logits, feats
-        return logits
+        return openood_outputs(self.get_fc_layer()(feats[-1].flatten(1)), feats, return_feature, return_feature_list)
 
 
 def resnet18_32x32(num_classes: int = 10) -> nn.Module:

@@ -126,18 +126,26 @@ def cuda_calls_stay_put(announce: bool = False) -> Iterator[bool]:
         torch.Tensor.cuda, torch.nn.Module.cuda = tensor_cuda, module_cuda
 
 
+#: The attribute that marks a function as this package's wrapper of OpenOOD's (see :func:`wrap_once`).
+WRAPPED = "__openood_diffood__"
+
+
+def wrap_once(original: Callable, wrapper: Callable) -> Callable:
+    """``wrapper`` (which calls ``original``) under ``original``'s name and docstring, marked :data:`WRAPPED`; or
+    ``original`` itself when it already is such a wrapper (patching twice changes nothing)."""
+    if getattr(original, WRAPPED, False):
+        return original
+    wrapped = functools.wraps(original)(wrapper)
+    setattr(wrapped, WRAPPED, True)
+    return wrapped
+
+
 def on_cpu_without_cuda(method: Callable) -> Callable:
     """``method`` run inside :func:`cuda_calls_stay_put` (announced), for OpenOOD's ``Evaluator``."""
-    if getattr(method, "__wrapped_for_cpu__", False):
-        return method
-
-    @functools.wraps(method)
     def run(*args: Any, **kwargs: Any) -> Any:
         with cuda_calls_stay_put(announce=True):
             return method(*args, **kwargs)
-
-    run.__wrapped_for_cpu__ = True  # type: ignore[attr-defined]
-    return run
+    return wrap_once(method, run)
 
 
 def environment_flag(name: str, default: bool = True) -> bool:

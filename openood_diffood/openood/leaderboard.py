@@ -149,16 +149,19 @@ def evaluate_run(args: argparse.Namespace, folder: str, checkpoint: str, net: to
         print("Loaded pre-computed scores from file.")
     if hasattr(evaluator.postprocessor, "setup_flag") or evaluator.postprocessor.hyperparam_search_done is True:
         if not os.path.isfile(saved):
-            os.makedirs(os.path.dirname(saved), exist_ok=True)
-            with open(saved, "wb") as f:
-                pickle.dump(evaluator.postprocessor, f, pickle.HIGHEST_PROTOCOL)
+            _pickle(saved, evaluator.postprocessor)
     metrics = evaluator.eval_ood(fsood=args.fsood)
     if args.save_score:
-        os.makedirs(os.path.dirname(scores_file), exist_ok=True)
-        with open(scores_file, "wb") as f:
-            pickle.dump(evaluator.scores, f, pickle.HIGHEST_PROTOCOL)
+        _pickle(scores_file, evaluator.scores)
     provenance = getattr(evaluator.postprocessor, "provenance", None)
     return MethodResult(name, metrics.to_dict(orient="index")), provenance() if callable(provenance) else None
+
+
+def _pickle(path: str, obj: Any) -> None:
+    """eval_ood.py's pickle of the postprocessor or the scores (its folder made first)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, pickle.HIGHEST_PROTOCOL)
 
 
 def results_name(args: argparse.Namespace, overrides: Mapping[str, Any]) -> str:

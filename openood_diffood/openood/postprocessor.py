@@ -57,7 +57,7 @@ class DiffOODPostprocessor(BasePostprocessor):
         super().__init__(config)
         pp = config.postprocessor
         args = plain(dict(pp.postprocessor_args or {}))
-        dataset = (config.dataset or {}).get("name") if isinstance(config.dataset, dict) else None
+        dataset = _dataset_name(config)
         base = DiffOODSettings()
         if "dataset" not in args and "mean" not in args and dataset in DATASET_STATS:
             base = base.replace(dataset=dataset)
@@ -115,8 +115,7 @@ class DiffOODPostprocessor(BasePostprocessor):
         classes = as_classifier(net).num_classes
         if self.settings.class_map is not None or not diffusion.conditional or classes >= diffusion.num_classes:
             return self.settings  # nothing to map (or too few diffusion classes: the engine says so)
-        dataset = self.config.dataset.get("name") if isinstance(self.config.dataset, dict) else None
-        found = class_map_from_loaders(id_loaders, classes, diffusion.num_classes, dataset)
+        found = class_map_from_loaders(id_loaders, classes, diffusion.num_classes, _dataset_name(self.config))
         if found is None:
             return self.settings  # the engine says what is missing
         class_map, source = found
@@ -142,8 +141,8 @@ class DiffOODPostprocessor(BasePostprocessor):
         if train is None:
             raise ConfigError(f"combine: {name} fits the {name} postprocessor on ID training images: call "
                               "setup(net, id_loader_dict) with a 'train' loader (OpenOOD's Evaluator does)")
-        dataset = (self.config.dataset or {}).get("name") if isinstance(self.config.dataset, dict) else None
-        scorer = fitted_scorer(name, net, ((b["data"], b["label"]) for b in train), dataset or self.settings.dataset)
+        scorer = fitted_scorer(name, net, ((b["data"], b["label"]) for b in train),
+                               _dataset_name(self.config) or self.settings.dataset)
         self.companion = ((name, id(net)), scorer)
 
     def provenance(self) -> Dict[str, Any]:
@@ -195,13 +194,17 @@ class DiffOODPostprocessor(BasePostprocessor):
         return pred.astype(int), -score, label.astype(int)
 
     def set_hyperparam(self, hyperparam: List[Any]) -> None:
-        """Set the swept settings, in the order of ``postprocessor_sweep``'s keys (OpenOOD's APS contract)."""
+        """Set the swept settings, in the order of ``postprocessor_sweep``'s keys (OpenOOD's APS contract); the
+        engine follows them on its next use."""
         self.settings = self.settings.replace(**{SWEEP_KEYS[k]: v for k, v in zip(self.args_dict, hyperparam)})
-        if self.engine is not None:
-            self.engine = self.engine.replace(**self.settings.as_dict())
 
     def get_hyperparam(self) -> List[Any]:
         return [getattr(self.settings, SWEEP_KEYS[k]) for k in self.args_dict]
+
+
+def _dataset_name(config: Any) -> Optional[str]:
+    """The ID benchmark's name in an OpenOOD config (``dataset.name``), or None."""
+    return config.dataset.get("name") if isinstance(config.dataset, dict) else None
 
 
 def _first_image(id_loaders: Any) -> Optional[torch.Tensor]:

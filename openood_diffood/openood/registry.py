@@ -4,7 +4,6 @@ wrapped, with our packaged configs where ``config_root`` has none (nothing is do
 :func:`postprocessor_from_config` is the one place a postprocessor is built from its config file."""
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from importlib import resources
@@ -12,11 +11,10 @@ from types import ModuleType
 from typing import Any, Callable, Mapping, Optional
 
 from ..config import ConfigError, check_keys
-from .compat import PATCHED_MODULES, on_cpu_without_cuda, require_openood
+from .compat import PATCHED_MODULES, WRAPPED, on_cpu_without_cuda, require_openood, wrap_once
 
 #: The postprocessor names this package provides, each with its packaged config.
 NAMES = ("diffood", "diffood_imagenet", "diffood_knn")
-_MARK = "__openood_diffood__"
 
 
 def config_path(name: str = "diffood") -> str:
@@ -34,17 +32,9 @@ def _make(config: Any) -> Any:
 
 def _wrap_pipeline_lookup(original: Callable) -> Callable:
     """``get_postprocessor(config)`` of ``openood.postprocessors`` with our names added."""
-    if getattr(original, _MARK, False):
-        return original
-
-    @functools.wraps(original)
     def get_postprocessor(config: Any) -> Any:
-        if config.postprocessor.name in NAMES:
-            return _make(config)
-        return original(config)
-
-    setattr(get_postprocessor, _MARK, True)
-    return get_postprocessor
+        return _make(config) if config.postprocessor.name in NAMES else original(config)
+    return wrap_once(original, get_postprocessor)
 
 
 def config_file(name: str, config_root: Optional[str]) -> str:
@@ -112,17 +102,11 @@ def _set_dotted(config: dict, key: str, value: Any) -> None:
 
 def _wrap_evaluator_lookup(original: Callable) -> Callable:
     """``get_postprocessor(config_root, name, id_name)`` of the evaluation API, reading our packaged config."""
-    if getattr(original, _MARK, False):
-        return original
-
-    @functools.wraps(original)
     def get_postprocessor(config_root: str, postprocessor_name: str, id_data_name: str) -> Any:
         if postprocessor_name not in NAMES:
             return original(config_root, postprocessor_name, id_data_name)
         return postprocessor_from_config(postprocessor_name, config_root, id_data_name)
-
-    setattr(get_postprocessor, _MARK, True)
-    return get_postprocessor
+    return wrap_once(original, get_postprocessor)
 
 
 def _evaluator_on_cpu(evaluator: type) -> None:
@@ -159,6 +143,6 @@ def register() -> None:
         if module is None or not mod_name.startswith("openood.") or mod_name.startswith("openood.postprocessors"):
             continue
         current = getattr(module, "get_postprocessor", None)
-        if current is None or getattr(current, _MARK, False) or mod_name == "openood.evaluation_api.postprocessor":
+        if current is None or getattr(current, WRAPPED, False) or mod_name == "openood.evaluation_api.postprocessor":
             continue
         module.get_postprocessor = evaluator_lookup if mod_name.startswith("openood.evaluation_api") else pipelines

@@ -119,9 +119,7 @@ class ScoreCache:
         """Read the units written since the last refresh (by this or another process)."""
         for name in self._files.names("unit-"):
             if name not in self._read:
-                unit = self._files.load(name)
-                self._entries.update(zip(unit["keys"].tolist(), zip(unit["score"].tolist(), unit["pred"].tolist())))
-                self._read.add(name)
+                self._remember(name, self._files.load(name))
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -144,5 +142,8 @@ class ScoreCache:
         arrays = {"keys": np.array(list(keys)), "score": scores.detach().cpu().float().numpy(),
                   "pred": preds.detach().cpu().long().numpy()}
         self._files.save(name, arrays)
+        self._remember(name, arrays)
+
+    def _remember(self, name: str, unit: Mapping[str, np.ndarray]) -> None:
+        self._entries.update(zip(unit["keys"].tolist(), zip(unit["score"].tolist(), unit["pred"].tolist())))
         self._read.add(name)
-        self._entries.update(zip(keys, zip(arrays["score"].tolist(), arrays["pred"].tolist())))

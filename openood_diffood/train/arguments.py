@@ -12,8 +12,9 @@ from .data import DEMO_DATA
 #: Arguments that only steer one invocation; every other one must match when a run is resumed.
 RUN_CONTROL = ("data", "output", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "resume", "stop_after",
                "mixed_precision", "progress", "help")
-LR_SCHEDULES = ("constant", "cosine", "linear")
-SAVE_DTYPES = ("fp32", "fp16", "bf16")
+#: --lr-schedule -> diffusers' scheduler name; --save-dtype -> torch dtype name.
+LR_SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
+SAVE_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +48,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate")
     optim.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     optim.add_argument("--warmup-steps", type=int, default=1000, help="linear learning-rate warm-up")
-    optim.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+    optim.add_argument("--lr-schedule", choices=tuple(LR_SCHEDULES), default="constant",
                        help="after the linear warm-up")
     optim.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: no clipping)")
     optim.add_argument("--ema-decay", type=float, default=0.9999, help="EMA decay of the saved weights")
@@ -64,24 +65,19 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     run.add_argument("--stop-after", type=positive_int, default=None,
                      help="stop once this many steps are done, with a checkpoint (continue with --resume)")
-    run.add_argument("--save-dtype", choices=SAVE_DTYPES, default="fp32",
+    run.add_argument("--save-dtype", choices=tuple(SAVE_DTYPES), default="fp32",
                      help="dtype of the saved weights (loading always gives fp32)")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """Clear errors for settings that cannot train."""
+    """Clear errors for settings that cannot train (the flags typed ``positive_int`` are checked by argparse)."""
     problems = []
     if not 0 <= args.p_uncond <= 1:
         problems.append(f"--p-uncond {args.p_uncond} must lie in [0, 1]")
     if args.max_timestep is not None and not 1 <= args.max_timestep <= args.num_train_timesteps:
         problems.append(f"--max-timestep {args.max_timestep} must lie in 1 .. --num-train-timesteps "
                         f"({args.num_train_timesteps})")
-    for name in ("steps", "batch_size", "checkpoint_every", "num_train_timesteps"):
-        if getattr(args, name) < 1:
-            problems.append(f"--{name.replace('_', '-')} must be >= 1")
-    if args.stop_after is not None and not 1 <= args.stop_after:
-        problems.append("--stop-after must be >= 1")
     if not 0 <= args.ema_decay < 1:
         problems.append(f"--ema-decay {args.ema_decay} must lie in [0, 1)")
     if problems:

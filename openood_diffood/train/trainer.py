@@ -13,7 +13,7 @@ import re
 import shlex
 import shutil
 import sys
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +25,12 @@ from ..method.diffood import guided_noise
 from ..method.noise import key_seed, sample_noise
 from ..method.solvers import add_noise, ddim, solver_timesteps
 from ..models.card_facts import ModelFacts, card_header
+from ..models.convert.keys import block_types
 from ..models.diffusion import PixelUNetBackend
 from ..version import __version__
-from .arguments import add_train_arguments, check_arguments, settings_of
+from .arguments import LR_SCHEDULES, SAVE_DTYPES, add_train_arguments, check_arguments, settings_of
 from .data import TrainingData, augment, batch_indices, load_training_data
 
-LR_SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
-SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STATE_FILE = "trainer_state.pt"
 GRID_IMAGES = 8
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -52,11 +51,9 @@ def build_unet(sample_size: int, channels: int, num_classes: int, block_out_chan
     if sample_size % 2 ** (levels - 1):
         raise ConfigError(f"images of size {sample_size} cannot be halved {levels - 1} times: use fewer "
                           "--block-out-channels levels or another --image-size")
-    down = tuple("AttnDownBlock2D" if i in attention_levels else "DownBlock2D" for i in range(levels))
-    up = tuple("AttnUpBlock2D" if i in attention_levels else "UpBlock2D" for i in reversed(range(levels)))
     return UNet2DModel(sample_size=sample_size, in_channels=channels, out_channels=channels,
                        block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
-                       down_block_types=down, up_block_types=up, dropout=dropout,
+                       **block_types([i in attention_levels for i in range(levels)]), dropout=dropout,
                        norm_num_groups=norm_groups, num_class_embeds=num_classes + 1)
 
 
@@ -156,6 +153,12 @@ class Trainer:
             print(f"resuming from step {self.step} of {self.args.steps} ({folder})", file=sys.stderr, flush=True)
 
     # -------------------------------------------------------------- one step
+    def _noised(self, x0: torch.Tensor, gen: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(timesteps below max_timestep, noise, ``x0`` noised to them), drawn from ``gen`` in that order."""
+        t = torch.randint(0, self.settings["max_timestep"], (x0.shape[0],), generator=gen, device=x0.device)
+        eps = torch.randn(x0.shape, generator=gen, device=x0.device)
+        return t, eps, self.sqrt_abar[t].view(-1, 1, 1, 1) * x0 + self.sqrt_one_minus[t].view(-1, 1, 1, 1) * eps
+
     def train_step(self) -> torch.Tensor:
         """One optimizer step on the global batch of ``self.step``; returns this process's loss."""
         args, acc = self.args, self.accelerator
@@ -163,12 +166,9 @@ class Trainer:
                             acc.num_processes).to(acc.device)
         gen = torch.Generator(acc.device).manual_seed(key_seed(args.seed, ("step", self.step, acc.process_index)))
         x0 = augment(self.images[idx], args.crop_padding, not args.no_flip, gen)
-        b = x0.shape[0]
-        t = torch.randint(0, self.settings["max_timestep"], (b,), generator=gen, device=acc.device)
-        eps = torch.randn(x0.shape, generator=gen, device=acc.device)
-        drop = torch.rand(b, generator=gen, device=acc.device) < args.p_uncond
+        t, eps, xt = self._noised(x0, gen)
+        drop = torch.rand(x0.shape[0], generator=gen, device=acc.device) < args.p_uncond
         labels = torch.where(drop, torch.full_like(self.labels[idx], self.num_classes), self.labels[idx])
-        xt = self.sqrt_abar[t].view(-1, 1, 1, 1) * x0 + self.sqrt_one_minus[t].view(-1, 1, 1, 1) * eps
         pred = self.model(xt, t, class_labels=labels, return_dict=False)[0]
         loss = F.mse_loss(pred.float(), eps)
         acc.backward(loss)
@@ -237,7 +237,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             loss = self.final_loss()
             os.makedirs(args.output, exist_ok=True)
-            unet, dtype = self.ema_model(), SAVE_DTYPES[args.save_dtype]
+            unet, dtype = self.ema_model(), getattr(torch, SAVE_DTYPES[args.save_dtype])
             (unet if dtype == torch.float32 else unet.to(dtype)).save_pretrained(os.path.join(args.output, "unet"))
             self.scheduler.save_pretrained(os.path.join(args.output, "scheduler"))
             with open(os.path.join(args.output, "README.md"), "w") as f:
@@ -256,9 +256,7 @@ class Trainer:
         unet = self.ema_model()
         x0 = self.images[:self.args.batch_size].float() / 127.5 - 1
         gen = torch.Generator(x0.device).manual_seed(key_seed(self.args.seed, "final loss"))
-        t = torch.randint(0, self.settings["max_timestep"], (x0.shape[0],), generator=gen, device=x0.device)
-        eps = torch.randn(x0.shape, generator=gen, device=x0.device)
-        xt = self.sqrt_abar[t].view(-1, 1, 1, 1) * x0 + self.sqrt_one_minus[t].view(-1, 1, 1, 1) * eps
+        t, eps, xt = self._noised(x0, gen)
         return float(F.mse_loss(unet(xt, t, class_labels=self.labels[:x0.shape[0]], return_dict=False)[0], eps))
 
     def run(self) -> str:

@@ -10,7 +10,7 @@ from ...errors import ConfigError
 from ..checkpoints import load_state_dict_file
 from .conversion import Conversion
 from .ddpm_blocks import middle_and_ends, down_path, up_path
-from .keys import LAYER, ModuleTable, build_model
+from .keys import LAYER, ModuleTable, block_types, build_model
 from .official import class_count, official_sections, scheduler_config
 from .source_config import require
 
@@ -33,9 +33,7 @@ def unet_config(model: Mapping[str, Any], num_classes: int) -> Dict[str, Any]:
     attention = attention_levels(model)
     return dict(sample_size=model["image_size"], in_channels=model["in_channels"], out_channels=model["out_ch"],
                 layers_per_block=model["num_res_blocks"],
-                block_out_channels=tuple(model["ch"] * m for m in model["ch_mult"]),
-                down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
-                up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
+                block_out_channels=tuple(model["ch"] * m for m in model["ch_mult"]), **block_types(attention),
                 attention_head_dim=None, norm_num_groups=32, norm_eps=1e-6, act_fn="silu", flip_sin_to_cos=False,
                 freq_shift=1, downsample_padding=0, dropout=float(model.get("dropout", 0.0)),
                 num_class_embeds=num_classes + 1 if num_classes > 0 else None)

@@ -10,7 +10,7 @@ import torch
 from ...errors import ConfigError
 from ..checkpoints import load_state_dict_file
 from .conversion import Conversion
-from .keys import Leaf, ModuleTable, build_model, conv1x1_as_linear, renamed
+from .keys import Leaf, ModuleTable, block_types, build_model, conv1x1_as_linear, renamed
 from .official import class_count, official_sections, scheduler_config
 from .source_config import require
 from .openai_blocks import unet_table
@@ -58,9 +58,7 @@ def unet_config(model: Mapping[str, Any], num_classes: int) -> Dict[str, Any]:
     attention = [2 ** i in model["attention_resolutions"] for i in range(len(channels))]
     return dict(sample_size=model["image_size"], in_channels=model["in_channels"],
                 out_channels=model["out_channels"], layers_per_block=model["num_res_blocks"],
-                block_out_channels=tuple(channels),
-                down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
-                up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
+                block_out_channels=tuple(channels), **block_types(attention),
                 attention_head_dim=head_dim(model, attention, channels), norm_num_groups=32, norm_eps=1e-5,
                 act_fn="silu", flip_sin_to_cos=True, freq_shift=0, downsample_padding=1,
                 resnet_time_scale_shift="scale_shift" if model.get("use_scale_shift_norm") else "default",

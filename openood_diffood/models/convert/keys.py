@@ -3,7 +3,7 @@ prefix) with a :data:`Leaf` renaming map, built from the source's config; the fi
 differs fails, named with both shapes."""
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Type
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
@@ -31,6 +31,12 @@ def renamed(modules: Mapping[str, str], linear: Tuple[str, ...] = ()) -> Leaf:
         value = conv1x1_as_linear(tensor) if module in linear and param == "weight" else tensor
         return [(f"{modules[module]}.{param}" if modules[module] else param, value)]
     return leaf
+
+
+def block_types(attention: Sequence[bool], attn: str = "Attn") -> Dict[str, Tuple[str, ...]]:
+    """diffusers' ``down_block_types`` / ``up_block_types``, ``attn`` blocks at the levels that attend."""
+    return dict(down_block_types=tuple(f"{attn}DownBlock2D" if a else "DownBlock2D" for a in attention),
+                up_block_types=tuple(f"{attn}UpBlock2D" if a else "UpBlock2D" for a in reversed(attention)))
 
 
 def same_names(name: str, tensor: torch.Tensor) -> List[Tuple[str, torch.Tensor]]:

@@ -12,7 +12,7 @@ from ...fields import read_yaml
 from ..checkpoints import load_state_dict_file
 from .conversion import Conversion
 from .ddpm_blocks import down_path, middle_and_ends, up_path
-from .keys import LAYER, ModuleTable, build_model, nest, same_names
+from .keys import LAYER, ModuleTable, block_types, build_model, nest, same_names
 from .openai_blocks import unet_table
 from .source_config import require
 
@@ -95,8 +95,7 @@ def unet_config(unet: Mapping[str, Any]) -> Dict[str, Any]:
     heads = tuple(c // per_head if per_head != -1 else unet["num_heads"] for c in channels)
     return dict(sample_size=unet["image_size"], in_channels=unet["in_channels"], out_channels=unet["out_channels"],
                 layers_per_block=unet["num_res_blocks"], block_out_channels=tuple(channels),
-                down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
-                up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
+                **block_types(attention, "CrossAttn"),
                 mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=unet["context_dim"],
                 attention_head_dim=heads, transformer_layers_per_block=unet.get("transformer_depth", 1),
                 norm_num_groups=32, norm_eps=1e-5, act_fn="silu", flip_sin_to_cos=True, freq_shift=0,
