@@ -3,7 +3,7 @@ inputs. It wraps the backend without changing it, so several engines can share o
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 
@@ -26,8 +26,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 class Execution:
     """``encode`` / ``decode`` / ``network`` of a backend under autocast at ``precision`` (fp32: none), the network
-    optionally ``torch.compile``-d (``compile``: True for inductor, or a backend name) and fed channels-last; the
-    backend's other attributes (its :class:`~openood_diffood.method.protocols.Denoiser` facts) read through."""
+    optionally ``torch.compile``-d (``compile``: True for inductor, or a backend name) and fed channels-last."""
 
     def __init__(self, backend: DiffusionBackend, device: torch.device, precision: str,
                  compile: Union[bool, str] = False, channels_last: bool = False) -> None:
@@ -40,11 +39,21 @@ class Execution:
             self._compiled = torch.compile(backend.network, backend="inductor" if compile is True else compile,
                                            dynamic=False)
 
-    def __getattr__(self, name: str) -> Any:
-        """The backend's model facts (``schedule``, ``sample_size``, ``conditional``, ``null_class``, ...)."""
-        if name == "backend":  # not set yet (a half-built copy): no recursion
-            raise AttributeError(name)
-        return getattr(self.backend, name)
+    @property
+    def schedule(self) -> Tuple[float, ...]:
+        return self.backend.schedule
+
+    @property
+    def sample_size(self) -> int:
+        return self.backend.sample_size
+
+    @property
+    def conditional(self) -> bool:
+        return self.backend.conditional
+
+    @property
+    def null_class(self) -> Optional[int]:
+        return self.backend.null_class
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
