@@ -150,6 +150,11 @@ def test_openood_main_eval_mode_writes_what_eval_ood_py_writes(installed, openoo
                         env=_env(openood_copy), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Hyperparam:" not in res.stdout and not (fresh / "s0" / "postprocessors").exists()  # no APS, no pickle
+    # the shipped combination config as it ships (timestep list, KNN fitted on ID train), one repeat
+    res = _openood_main(installed, "--root", str(fresh), "--postprocessor", "diffood_knn", *common,
+                        "--postprocessor.postprocessor_args.repeats", "1", env=_env(openood_copy), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "AUROC" in (fresh / "ood" / "diffood+knn.csv").read_text()  # named for what it combines
 
 
 @pytest.mark.slow
